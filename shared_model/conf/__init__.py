@@ -1,0 +1,18 @@
+"""Packaged Hydra configuration (found with ``pkg://shared_model.conf``) and its typed schemas.
+
+``register_configs`` stores the dataclass schemas of :mod:`shared_model.config` so every YAML
+group file is merged into a typed node: unknown keys and wrong types fail at composition.
+"""
+
+from hydra.core.config_store import ConfigStore
+
+from shared_model.config import EvalAppConfig, TrainAppConfig
+
+CONFIG_MODULE = "shared_model.conf"
+
+
+def register_configs() -> None:
+    """Register the application schemas (idempotent)."""
+    store = ConfigStore.instance()
+    store.store(name="train_schema", node=TrainAppConfig)
+    store.store(name="eval_schema", node=EvalAppConfig)

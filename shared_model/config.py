@@ -1,0 +1,184 @@
+"""Typed configuration schemas for every RetinaFL component.
+
+These dataclasses are the single description of what can be configured. Hydra
+uses them as structured-config schemas (``shared_model/conf``), so a YAML file or
+a command-line override with an unknown key or a wrong type fails with Hydra's
+message naming the key; library code receives the dataclass instances, never a
+Hydra or OmegaConf object.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+
+@dataclass
+class ImageTowerConfig:
+    """Image encoder. ``arch='vit'`` is the MAE-style ViT; ``'resnet50'`` is timm's ResNet-50 (no MAE)."""
+
+    arch: str = "vit"
+    image_size: int = 64
+    patch_size: int = 8
+    width: int = 192
+    depth: int = 4
+    num_heads: int = 3
+    mlp_ratio: float = 4.0
+    # Pooled embedding: 'token' (class token, as CLIP/MAE) or 'avg' (mean of visible patch tokens).
+    global_pool: str = "token"
+    # Optional local file (safetensors or torch state dict, e.g. RETFound / timm / open_clip)
+    # used to initialise the tower; never a hub name.
+    init_checkpoint: Optional[str] = None
+
+
+@dataclass
+class TextTowerConfig:
+    """Text encoder: any local Hugging Face folder; ``None`` means the packaged all-MiniLM-L6-v2."""
+
+    path: Optional[str] = None
+    max_length: int = 64
+    # -1: every layer trains; k >= 0: embeddings and all but the last k transformer layers are
+    # frozen (k = 0 trains only the projection, and pooled features are cached per text).
+    trainable_layers: int = -1
+
+
+@dataclass
+class MAEConfig:
+    """Masked-autoencoder branch (He et al. 2022): masking ratio and the light decoder."""
+
+    enabled: bool = True
+    mask_ratio: float = 0.75
+    decoder_width: int = 128
+    decoder_depth: int = 2
+    decoder_heads: int = 4
+    norm_pix_loss: bool = True
+
+
+@dataclass
+class ModelConfig:
+    """The retinal CLIP+MAE model (EyeCLIP-style objective, FLIP-style shared masked pass)."""
+
+    name: str = "tiny"
+    image: ImageTowerConfig = field(default_factory=ImageTowerConfig)
+    text: TextTowerConfig = field(default_factory=TextTowerConfig)
+    mae: MAEConfig = field(default_factory=MAEConfig)
+    embed_dim: int = 256
+    init_temperature: float = 0.07
+    # 'shared': one masked pass feeds both MAE and contrast (FLIP, ~1/(1-mask_ratio) cheaper);
+    # 'separate': an extra unmasked pass gives the contrastive embedding (no train/test gap).
+    contrast_pass: str = "shared"
+    # Slice-attention pooling for OCT volumes (RadCLIP-style); 0 disables the adapter.
+    volume_max_slices: int = 0
+    volume_heads: int = 4
+
+
+@dataclass
+class LossConfig:
+    """Weights of the EyeCLIP objective terms and the image-text variant."""
+
+    image_text: float = 0.75
+    image_image: float = 0.75
+    mae: float = 1.0
+    # 'flair': label-aware soft targets (positives = same label set); 'clip': one positive per row.
+    image_text_variant: str = "flair"
+
+
+@dataclass
+class EvalSetConfig:
+    """One evaluation data set: our manifest, a FLAIR-style CSV or a folder per class."""
+
+    name: str = "heldout"
+    path: str = "???"
+    format: str = "manifest"  # manifest | flair_csv | folder
+    modality: str = "CFP"  # used by flair_csv / folder formats
+    image_root: Optional[str] = None  # flair_csv: folder the image column is relative to
+    classes: Optional[list[str]] = None  # zero-shot classes; None: the labels present
+    split: Optional[str] = None  # manifest rows to keep (None: all)
+
+
+@dataclass
+class EvalConfig:
+    """The common evaluator (FLAIR protocol) and what it runs."""
+
+    sets: list[EvalSetConfig] = field(default_factory=list)
+    zero_shot: bool = True
+    linear_probe: bool = True
+    probe_folds: int = 5
+    kshot: list[int] = field(default_factory=lambda: [1, 4])
+    kshot_trials: int = 5
+    retrieval: bool = True
+    batch_size: int = 64
+    seed: int = 0
+
+
+@dataclass
+class DataConfig:
+    """Training data: manifests (globs allowed), captions and modality pairing."""
+
+    manifests: list[str] = field(default_factory=list)
+    split: str = "train"
+    # 'caption': built from labels with the expert-knowledge dictionary; 'report': the row's report;
+    # 'mixed': either, with equal probability.
+    text_source: str = "mixed"
+    pair_modalities: bool = True
+    augment: bool = True
+    num_workers: int = 1
+    # Invalid manifest rows: strict stops with every error listed; otherwise they are dropped and counted.
+    strict: bool = True
+
+
+@dataclass
+class PhantomDataConfig:
+    """The embedded procedural phantom data set, generated on demand when absent."""
+
+    root: str = "data/phantom"
+    sites: int = 3
+    images_per_site: int = 300
+    heldout_images: int = 200
+    image_size: int = 64
+    seed: int = 0
+    ensure: bool = False  # generate the phantom at ``root`` when it is absent
+
+
+@dataclass
+class TrainConfig:
+    """The local trainer (AdamW, cosine schedule with warm-up, clipping, bf16 on CUDA)."""
+
+    steps: int = 200
+    max_seconds: Optional[float] = None
+    batch_size: int = 32
+    lr: float = 5e-4
+    text_lr: float = 2e-5
+    weight_decay: float = 0.05
+    warmup_steps: int = 20
+    grad_clip: float = 1.0
+    precision: str = "bf16"  # bf16 autocast on CUDA; CPU always runs fp32
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 0  # 0: only at the end
+    log_every: int = 10
+
+
+@dataclass
+class TrainAppConfig:
+    """``retina-train``: centralized training followed by the common evaluation."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/train"
+    resume: bool = False
+
+
+@dataclass
+class EvalAppConfig:
+    """``retina-eval``: the common evaluator on a checkpoint."""
+
+    checkpoint: str = "???"
+    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    out_dir: str = "runs/eval"
+    device: str = "auto"

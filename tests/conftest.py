@@ -1,0 +1,48 @@
+"""Shared fixtures: composed configs shrunk to CPU size, a small phantom data set, the real images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def real_data_dir() -> Path | None:
+    """``shared/data/real`` beside the checkout (CI lays ../shared next to the clone)."""
+    for candidate in (REPO.parent / "shared" / "data" / "real", REPO / "shared" / "data" / "real"):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+@pytest.fixture(scope="session")
+def real_dir() -> Path:
+    found = real_data_dir()
+    if found is None:
+        pytest.skip("shared/data/real is not beside this checkout")
+    return found
+
+
+def compose_app(config_name: str, overrides: list[str]):
+    """Compose a packaged Hydra config (as the console scripts do) into its typed dataclass."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from shared_model.conf import CONFIG_MODULE, register_configs
+
+    register_configs()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name, overrides=overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_cfg():
+    """The tiny preset exactly as the packaged config defines it."""
+    return compose_app("train", []).model

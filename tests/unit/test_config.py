@@ -1,0 +1,55 @@
+"""Hydra composition: every config group composes, presets have the documented sizes, and
+unknown keys or wrong types fail naming the key."""
+
+import pytest
+from hydra.errors import ConfigCompositionException
+from omegaconf.errors import ConfigKeyError, ValidationError
+
+from shared_model.config import EvalAppConfig, TrainAppConfig
+from shared_model.model import build_model
+from tests.conftest import compose_app
+
+PRESETS = {"tiny": (64, 192), "small": (128, 384), "base": (224, 768), "resnet50": (224, None)}
+
+
+@pytest.mark.parametrize("model", sorted(PRESETS))
+@pytest.mark.parametrize("train", ["default", "demo"])
+@pytest.mark.parametrize("eval_group", ["phantom", "real", "none"])
+def test_every_group_composes(model, train, eval_group):
+    cfg = compose_app("train", [f"model={model}", f"train={train}", f"eval={eval_group}"])
+    assert isinstance(cfg, TrainAppConfig)
+    size, width = PRESETS[model]
+    assert cfg.model.image.image_size == size
+    if width:
+        assert cfg.model.image.width == width and cfg.model.mae.enabled
+    else:
+        assert not cfg.model.mae.enabled
+
+
+def test_manifest_data_group_requires_manifests():
+    cfg = compose_app("train", ["data=manifests", "data.manifests=[a.csv,b.csv]", "eval=none"])
+    assert cfg.data.manifests == ["a.csv", "b.csv"] and not cfg.phantom.ensure
+
+
+def test_eval_app_composes():
+    cfg = compose_app("eval", ["checkpoint=runs/x/checkpoint"])
+    assert isinstance(cfg, EvalAppConfig) and cfg.eval.sets[0].name == "heldout"
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_app("train", ["model.image.widht=10"])
+    assert "widht" in str(info.value.__cause__ or info.value)
+
+
+def test_wrong_type_is_named():
+    with pytest.raises((ConfigCompositionException, ValidationError, ConfigKeyError)) as info:
+        compose_app("train", ["train.steps=many"])
+    assert "steps" in str(info.value.__cause__ or info.value)
+
+
+@pytest.mark.parametrize("model", ["small", "base"])
+def test_larger_presets_build(model):
+    cfg = compose_app("train", [f"model={model}"])
+    n = sum(p.numel() for p in build_model(cfg.model, pretrained_text=False).visual.parameters())
+    assert n > (20e6 if model == "base" else 5e6)
