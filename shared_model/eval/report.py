@@ -1,0 +1,193 @@
+"""Evaluation report: ``metrics.json``, confusion-matrix PNGs, ``summary.md``, terminal table.
+
+Tables follow FLAIR's reporting (arXiv 2308.07898): ACA first, then accuracy,
+macro-F1, AUC and kappa; probes as mean ± std over folds or trials; retrieval
+as Recall@K.
+
+The ``results`` dict (every section optional, names are free-form strings)::
+
+    {
+      "zero_shot":    {dataset: ClassificationMetrics},   # metrics.classification_metrics
+      "linear_probe": {dataset: ProbeCVResult              # linear_probe.linear_probe_cv
+                                | ProbeMetrics},           # or fit_probe_and_score
+      "kshot":        {name: KShotResult},                # linear_probe.kshot_probe; k is inside,
+                                                          # so name e.g. "phantom_fundus/k=5"
+      "retrieval":    {dataset: RetrievalMetrics},        # retrieval.retrieval_metrics
+      ...                                                 # any other JSON value (e.g. "meta":
+    }                                                     # {"round": 3}) goes to metrics.json only
+
+Entries are the dicts the evaluator functions return, unchanged: plain JSON
+types, ``None`` where a metric is undefined.
+"""
+
+import io
+import json
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+from rich.table import Table
+
+from shared_model.eval.metrics import SCALAR_METRICS
+
+CLASSIFICATION_SECTIONS = {"zero_shot": "zero-shot", "linear_probe": "linear probe", "kshot": "k-shot"}
+CLASSIFICATION_HEADERS = ("task", "dataset", "n", "ACA", "acc", "macro-F1", "AUC", "kappa")
+MISSING = "–"
+
+
+def _fmt(value: float | None) -> str:
+    return MISSING if value is None else f"{value:.3f}"
+
+
+def _metric_cell(entry: dict, key: str) -> str:
+    if "mean" in entry:  # probe summaries: mean ± std over folds or trials
+        mean, std = entry["mean"][key], entry["std"][key]
+        return MISSING if mean is None else f"{mean:.3f} ± {std:.3f}"
+    return _fmt(entry[key])
+
+
+def _classification_rows(results: dict) -> list[list[str]]:
+    rows = []
+    for section, label in CLASSIFICATION_SECTIONS.items():
+        for dataset, entry in results.get(section, {}).items():
+            task = label
+            if "k" in entry:
+                task = f"{entry['k']}-shot ×{entry['n_trials']}"
+            elif "n_splits" in entry:
+                task = f"{label} ({entry['n_splits']}-fold)"
+            rows.append([task, dataset, str(entry["n"])] + [_metric_cell(entry, key) for key in SCALAR_METRICS])
+    return rows
+
+
+def _retrieval_table(results: dict) -> tuple[list[str], list[list[str]]]:
+    entries = results.get("retrieval", {})
+    directions = {"image_to_text": "image→text", "text_to_image": "text→image"}
+    recall_keys = list(
+        dict.fromkeys(key for entry in entries.values() for d in directions for key in entry[d]["recall"])
+    )
+    headers = ["dataset", "direction", "queries", *recall_keys, "mean rank", "median rank"]
+    rows = []
+    for dataset, entry in entries.items():
+        for direction, label in directions.items():
+            m = entry[direction]
+            rows.append(
+                [dataset, label, str(m["n_queries"])]
+                + [_fmt(m["recall"].get(key)) for key in recall_keys]
+                + [f"{m['mean_rank']:.1f}", f"{m['median_rank']:.1f}"]
+            )
+    return headers, rows
+
+
+def render_table(results: dict, title: str | None = None) -> Table:
+    """Rich table of the results (classification rows, then retrieval rows) for the terminal."""
+    outer = Table.grid(padding=(1, 0))
+    classification = _classification_rows(results)
+    if classification:
+        table = Table(*CLASSIFICATION_HEADERS, title=title)
+        for row in classification:
+            table.add_row(*row)
+        outer.add_row(table)
+    headers, retrieval = _retrieval_table(results)
+    if retrieval:
+        table = Table(*headers, title="retrieval")
+        for row in retrieval:
+            table.add_row(*row)
+        outer.add_row(table)
+    return outer
+
+
+def _markdown_table(headers, rows) -> str:
+    def line(cells):
+        return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
+
+    return "\n".join([line(headers), line(["---"] * len(headers)), *map(line, rows)])
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    # Write a sibling temp file and rename it over the target, so a reader (or
+    # a crash) never sees a half-written report.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _confusion_png(cm: list[list[int]], class_names: list[str], title: str) -> bytes:
+    cm = np.asarray(cm)
+    n = len(class_names)
+    # Colour = row-normalised (per-class recall), so rare classes stay visible;
+    # the annotation is the raw count.
+    support = cm.sum(axis=1, keepdims=True)
+    frac = np.divide(cm, support, out=np.zeros(cm.shape), where=support > 0)
+    size = max(4.0, 0.55 * n + 2.5)
+    fontsize = 10 if n <= 8 else 7
+    fig = Figure(figsize=(size, size))
+    ax = fig.add_subplot()
+    image = ax.imshow(frac, cmap="Blues", vmin=0.0, vmax=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true class")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(cm[i, j]), ha="center", va="center", fontsize=fontsize,
+                    color="white" if frac[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n), class_names, rotation=45, ha="right", fontsize=fontsize)
+    ax.set_yticks(range(n), class_names, fontsize=fontsize)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
+    """Write ``metrics.json``, ``confusion_<section>_<dataset>.png`` and ``summary.md`` to ``out_dir``.
+
+    ``results`` is described in the module docstring. Every file is written
+    atomically (temp file + ``os.replace``); ``metrics.json`` is strict JSON
+    (no NaN). A confusion matrix is drawn for every entry that has one
+    (zero-shot, probes; k-shot trials are not pooled). Returns the paths written.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+
+    metrics_path = out_dir / "metrics.json"
+    _atomic_write(metrics_path, json.dumps(results, indent=2, allow_nan=False).encode())
+    written.append(metrics_path)
+
+    images = []
+    for section, label in CLASSIFICATION_SECTIONS.items():
+        for dataset, entry in results.get(section, {}).items():
+            if "confusion_matrix" not in entry:
+                continue
+            path = out_dir / f"confusion_{section}_{_slug(dataset)}.png"
+            _atomic_write(path, _confusion_png(entry["confusion_matrix"], entry["class_names"], f"{label}: {dataset}"))
+            images.append(path)
+    written.extend(images)
+
+    parts = [f"# {title}"]
+    classification = _classification_rows(results)
+    if classification:
+        parts += ["## Classification", _markdown_table(CLASSIFICATION_HEADERS, classification)]
+    headers, retrieval = _retrieval_table(results)
+    if retrieval:
+        parts += ["## Retrieval", _markdown_table(headers, retrieval)]
+    if images:
+        parts += ["## Confusion matrices", "\n".join(f"![{p.stem}]({p.name})" for p in images)]
+    summary_path = out_dir / "summary.md"
+    _atomic_write(summary_path, ("\n\n".join(parts) + "\n").encode())
+    written.append(summary_path)
+    return written
