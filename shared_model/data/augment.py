@@ -1,0 +1,40 @@
+"""Training augmentations drawn from an explicit ``torch.Generator``.
+
+torchvision's random transforms read the global RNG, which makes a resumed run or a
+different number of loader workers see different images; drawing every parameter from a
+per-sample generator keeps augmentation reproducible. The operations themselves are
+torchvision's functional transforms.
+"""
+
+from __future__ import annotations
+
+import torch
+from torchvision.transforms.v2 import functional as TF
+
+
+def _uniform(gen: torch.Generator, low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand((), generator=gen))
+
+
+def augment(img: torch.Tensor, gen: torch.Generator, colour: bool = True) -> torch.Tensor:
+    """[3, S, S] in [0, 1] -> randomly cropped, flipped, rotated and colour-jittered [3, S, S].
+
+    Mild on purpose: lesions are small, so crops keep >= 80 % of the area; colour jitter is
+    skipped for grey modalities such as OCT (``colour=False``) where only brightness/contrast move.
+    """
+    _, size, _ = img.shape
+    scale, ratio = _uniform(gen, 0.8, 1.0), _uniform(gen, 0.9, 1.1)
+    h = min(size, round(size * (scale / ratio) ** 0.5))
+    w = min(size, round(size * (scale * ratio) ** 0.5))
+    top = int(torch.randint(0, size - h + 1, (), generator=gen))
+    left = int(torch.randint(0, size - w + 1, (), generator=gen))
+    img = TF.resized_crop(img, top, left, h, w, [size, size], antialias=True)
+    if float(torch.rand((), generator=gen)) < 0.5:
+        img = TF.horizontal_flip(img)
+    img = TF.rotate(img, _uniform(gen, -15.0, 15.0))
+    img = TF.adjust_brightness(img, _uniform(gen, 0.8, 1.2))
+    img = TF.adjust_contrast(img, _uniform(gen, 0.8, 1.2))
+    if colour:
+        img = TF.adjust_saturation(img, _uniform(gen, 0.8, 1.2))
+        img = TF.adjust_hue(img, _uniform(gen, -0.02, 0.02))
+    return img.clamp(0.0, 1.0)

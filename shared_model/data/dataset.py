@@ -1,0 +1,162 @@
+"""The training/evaluation data set over manifest records, with modality pairing and captions.
+
+Every random choice of a sample (augmentation, caption wording, partner, volume slice) is drawn
+from a generator seeded by the sampler with ``(run seed, epoch, position)``, so an epoch is the
+same however many workers load it and a resumed run continues exactly where it stopped.
+Unreadable images are reported, skipped and counted, never silently dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from shared_model.data.augment import augment
+from shared_model.data.manifest import Record
+from shared_model.data.preprocess import normalize, prepare_image
+from shared_model.data.readers import ImageReadError, read_image
+from shared_model.prompts.captions import build_caption
+
+log = logging.getLogger(__name__)
+
+TEXT_SOURCES = ("caption", "report", "mixed")
+ORDER_STREAM = 1 << 40  # seed stream of the shuffling order, apart from sample positions
+
+
+def sample_seed(seed: int, epoch: int, position: int) -> int:
+    """A 63-bit seed for one sample, independent across (seed, epoch, position)."""
+    return int(np.random.SeedSequence([seed, epoch, position]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def load_slices(record: Record, size: int) -> torch.Tensor:
+    """All frames of a record as [S, 3, size, size] in [0, 1] (a 2-D image gives S = 1)."""
+    img = read_image(record.image, size)
+    frames = img if img.ndim == 4 else img[None]
+    return torch.stack([prepare_image(frame, record.modality, size) for frame in frames])
+
+
+class RetinaDataset(Dataset):
+    """Items are dicts: ``image`` [3, S, S] (normalised), ``text``, ``labels`` and, when pairing is
+    on, ``partner`` / ``partner_text`` / ``partner_labels`` from another modality of the same eye."""
+
+    def __init__(self, records: list[Record], image_size: int, train: bool = True, text_source: str = "mixed",
+                 pair_modalities: bool = False):
+        if text_source not in TEXT_SOURCES:
+            raise ValueError(f"data.text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
+        self.records = records
+        self.image_size = image_size
+        self.train = train
+        self.text_source = text_source
+        self.pair_modalities = pair_modalities
+        by_eye: dict[tuple[str, str, str], list[int]] = defaultdict(list)
+        for i, r in enumerate(records):
+            by_eye[(r.source, r.patient_id, r.eye)].append(i)
+        self.partners = [[j for j in by_eye[(r.source, r.patient_id, r.eye)] if records[j].modality != r.modality]
+                         for r in records]
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def text_for(self, record: Record, rng: random.Random) -> str:
+        """Caption from the labels (expert-knowledge dictionary), the report, or either."""
+        use_report = bool(record.report) and (
+            self.text_source == "report" or not record.labels
+            or (self.text_source == "mixed" and rng.random() < 0.5))
+        return record.report if use_report else build_caption(record.labels, rng, record.modality)
+
+    def image_for(self, record: Record, gen: torch.Generator) -> torch.Tensor:
+        """Decoded, preprocessed (and in training augmented) image; volumes give one slice."""
+        img = read_image(record.image, self.image_size)
+        if img.ndim == 4:  # a volume: a random B-scan in training, the central one otherwise
+            index = int(torch.randint(0, img.shape[0], (), generator=gen)) if self.train else img.shape[0] // 2
+            img = img[index]
+        tensor = prepare_image(img, record.modality, self.image_size)
+        if self.train:
+            tensor = augment(tensor, gen, colour=img.shape[-1] == 3)
+        return normalize(tensor)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
+        record = self.records[index]
+        rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
+        try:
+            item = {"image": self.image_for(record, gen), "text": self.text_for(record, rng),
+                    "labels": ";".join(sorted(record.labels)), "path": str(record.image)}
+        except ImageReadError as exc:
+            return {"error": str(exc), "path": str(record.image)}
+        candidates = self.partners[index] if self.pair_modalities else []
+        if candidates:
+            partner = self.records[candidates[rng.randrange(len(candidates))]]
+            try:
+                item.update(partner=self.image_for(partner, gen), partner_text=self.text_for(partner, rng),
+                            partner_labels=";".join(sorted(partner.labels)))
+            except ImageReadError as exc:
+                item["partner_error"] = str(exc)
+        return item
+
+
+def index_seed(index: int) -> int:
+    """Seed of an item fetched by plain index (evaluation): fixed per index."""
+    return sample_seed(0, 0, index)
+
+
+@dataclass
+class Batch:
+    """A collated batch: anchors first, then the partners of the anchors that have one."""
+
+    images: torch.Tensor  # [N + M, 3, S, S]
+    texts: list[str]  # N + M
+    label_ids: torch.Tensor  # [N + M], -1 = unlabelled; equal ids = equal label sets
+    pair_index: torch.Tensor  # [N], position of anchor i's partner, -1 if none
+    labels: list[str]  # N + M label-set strings
+    skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
+
+    @property
+    def n_anchors(self) -> int:
+        return len(self.pair_index)
+
+
+def collate(items: list[dict]) -> Batch:
+    """Stack anchors then partners; unreadable anchors are dropped and listed in ``skipped``."""
+    skipped = [it["error"] for it in items if "error" in it] + [it["partner_error"] for it in items if "partner_error" in it]
+    anchors = [it for it in items if "error" not in it]
+    paired = [it for it in anchors if "partner" in it]
+    images = [it["image"] for it in anchors] + [it["partner"] for it in paired]
+    texts = [it["text"] for it in anchors] + [it["partner_text"] for it in paired]
+    labels = [it["labels"] for it in anchors] + [it["partner_labels"] for it in paired]
+    pair_index, next_partner = [], len(anchors)
+    for it in anchors:
+        if "partner" in it:
+            pair_index.append(next_partner)
+            next_partner += 1
+        else:
+            pair_index.append(-1)
+    ids = {key: i for i, key in enumerate(dict.fromkeys(k for k in labels if k))}
+    label_ids = torch.tensor([ids[k] if k else -1 for k in labels], dtype=torch.long)
+    stacked = torch.stack(images) if images else torch.empty(0)
+    return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped)
+
+
+class EpochBatchSampler(Sampler):
+    """Shuffled fixed-size batches of ``(index, sample seed)``; deterministic per (seed, epoch),
+    and able to start mid-epoch (``skip_batches``) for exact resumption."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, skip_batches: int = 0):
+        if n < batch_size:
+            raise ValueError(f"train.batch_size={batch_size} is larger than the {n} training images")
+        self.n, self.batch_size, self.seed, self.epoch, self.skip_batches = n, batch_size, seed, epoch, skip_batches
+
+    def __len__(self) -> int:
+        return self.n // self.batch_size - self.skip_batches
+
+    def __iter__(self):
+        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, ORDER_STREAM)))
+        for b in range(self.skip_batches, self.n // self.batch_size):
+            positions = range(b * self.batch_size, (b + 1) * self.batch_size)
+            yield [(int(order[p]), sample_seed(self.seed, self.epoch, p)) for p in positions]

@@ -1,0 +1,239 @@
+"""Procedural macular OCT B-scan: a horizontal line through the fovea, grey, Spectralis-like.
+
+The scan is ``size`` wide and ``round(size * 496 / 512)`` high (Spectralis
+aspect).  Retinal bands are stacked upwards from Bruch's membrane with
+thickness profiles that dip at the foveal pit, and are rasterised with exact
+partial-pixel coverage, so thin bands blend correctly at 64 px instead of
+aliasing.  Nasal is image-right for a right eye (OD), as on the fundus image.
+"""
+
+import numpy as np
+from scipy import ndimage
+
+from .categories import DR_GRADES, check_categories, check_eye
+from .domain import NEUTRAL_DOMAIN, SiteDomain
+from .findings import Findings, Lesion
+from .texture import smooth_noise
+
+OCT_ASPECT = 496 / 512  # height / width of a Spectralis B-scan
+
+# Bands top to bottom with their display reflectivity in [0, 1].
+_BANDS: tuple[tuple[str, float], ...] = (
+    ("vitreous", 0.04),
+    ("rnfl", 0.78),  # retinal nerve fibre layer
+    ("gcl", 0.42),  # ganglion cell layer
+    ("ipl", 0.56),  # inner plexiform layer
+    ("inl", 0.22),  # inner nuclear layer
+    ("opl", 0.52),  # outer plexiform layer
+    ("onl", 0.13),  # outer nuclear layer (with Henle fibres)
+    ("ez", 0.85),  # ellipsoid zone
+    ("iz", 0.38),  # interdigitation zone
+    ("srf", 0.03),  # subretinal fluid; zero thickness unless present
+    ("rpe", 0.96),  # retinal pigment epithelium
+    ("drusen", 0.5),  # material under the RPE; zero thickness unless present
+    ("choroid", 0.5),
+    ("sclera", 0.08),
+)
+_REFLECTIVITY = np.array([r for _, r in _BANDS], np.float32)
+# Retinal bands drawn 1.25x their true share of a 1.9 mm deep scan, so that
+# the thin plexiform layers still show at 64 px.
+_THICKNESS_SCALE = 1.25
+
+
+def oct_shape(size: int) -> tuple[int, int]:
+    """(height, width) of a B-scan rendered at ``size``."""
+    return max(8, int(round(size * OCT_ASPECT))), size
+
+
+def _bumps(u: np.ndarray, centres: np.ndarray, heights: np.ndarray, widths: np.ndarray
+           ) -> np.ndarray:
+    """Sum of Gaussian bumps along the scan (drusen elevating the RPE)."""
+    shape = np.exp(-((u[None] - centres[:, None]) / widths[:, None]) ** 2)
+    return (heights[:, None] * shape).sum(0)
+
+
+def _soft_ellipses(xx: np.ndarray, yy: np.ndarray, cx: np.ndarray, cy: np.ndarray,
+                   rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
+    """Union of anti-aliased filled ellipses (all arguments in pixels) as coverage [H, W]."""
+    out = np.zeros(xx.shape, np.float32)
+    height, width = xx.shape
+    for x, y, a, b in zip(cx, cy, rx, ry):
+        rows = slice(max(int(y - b - 1), 0), min(int(y + b + 2), height))
+        cols = slice(max(int(x - a - 1), 0), min(int(x + a + 2), width))
+        d = np.sqrt(((xx[rows, cols] - x) / a) ** 2 + ((yy[rows, cols] - y) / b) ** 2)
+        np.maximum(out[rows, cols], np.clip((1.0 - d) * min(a, b) + 0.5, 0.0, 1.0),
+                   out=out[rows, cols])
+    return out
+
+
+def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size: int,
+               domain: SiteDomain = NEUTRAL_DOMAIN) -> tuple[np.ndarray, Findings]:
+    """Render one B-scan: uint8 [H, W] grey image and the findings actually drawn.
+
+    Visible correlates: ``amd`` drusen (RPE bumps); ``dme`` thickening,
+    intraretinal cysts and hyperreflective foci; DR grades foci (and for
+    ``pdr`` a preretinal membrane, sometimes subretinal fluid); ``glaucoma``
+    thin nerve fibre and ganglion cell layers; ``pathologic_myopia`` a steep
+    staphyloma with thin choroid; ``cataract`` a weak, grainy signal;
+    ``hypertensive_retinopathy`` focal nerve fibre swelling.
+    """
+    check_categories(labels)
+    check_eye(eye)
+    labels = tuple(labels)
+    height, width = oct_shape(size)
+    nasal = 1.0 if eye == "OD" else -1.0
+    u = (np.arange(width, dtype=np.float32) + 0.5) / width
+    uc = 0.5 + rng.uniform(-0.04, 0.04)
+    lesions: list[Lesion] = []
+    signs: list[str] = []
+    grade = next((label for label in labels if label in DR_GRADES), None)
+
+    # --- thickness profiles, fractions of the height --------------------------
+    pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2)
+    towards_disc = 1.0 / (1.0 + np.exp(-nasal * (u - uc) / 0.08))
+    inner = 1.0
+    if "glaucoma" in labels:
+        inner = rng.uniform(0.35, 0.5)
+        signs.append("rnfl_thinning")
+    thick = {
+        "rnfl": (0.006 + 0.022 * towards_disc) * (1.0 - pit) * inner,
+        "gcl": 0.026 * (1.0 - 0.95 * pit) * inner,
+        "ipl": 0.020 * (1.0 - 0.9 * pit),
+        "inl": 0.020 * (1.0 - 0.85 * pit),
+        "opl": 0.012 * (1.0 - 0.6 * pit),
+        "onl": 0.038 + 0.03 * pit,
+        "ez": np.full_like(u, 0.008),
+        "iz": np.full_like(u, 0.007),
+        "srf": np.zeros_like(u),
+        "rpe": np.full_like(u, 0.016),
+        "drusen": np.zeros_like(u),
+    }
+    curvature, depth, choroid = 0.15, rng.uniform(0.56, 0.62), rng.uniform(0.085, 0.11)
+    if "pathologic_myopia" in labels:
+        curvature, depth, choroid = rng.uniform(0.8, 1.0), rng.uniform(0.64, 0.68), 0.035
+        for band in ("rnfl", "gcl", "ipl", "inl", "onl"):
+            thick[band] = thick[band] * 0.85
+        signs += ["posterior_staphyloma", "thin_choroid"]
+    if "dme" in labels:
+        swelling = np.exp(-((u - uc) / rng.uniform(0.12, 0.16)) ** 2)
+        thick["onl"] = 0.038 + 0.03 * pit * 0.25 + rng.uniform(0.06, 0.09) * swelling
+        thick["inl"] = thick["inl"] + 0.02 * swelling
+        signs += ["retinal_thickening", "intraretinal_fluid"]
+    if "amd" in labels:
+        n = int(rng.integers(3, 9))
+        h = np.maximum(rng.uniform(0.015, 0.035, n) * height, 1.6) / height
+        centres = uc + rng.uniform(-0.28, 0.28, n)
+        spread = rng.uniform(0.012, 0.03, n)
+        thick["drusen"] = _bumps(u, centres, h, spread)
+        lesions.extend(Lesion("drusen", float(c), float(depth * height / width), float(w),
+                              "central" if abs(c - uc) < 0.1 else "parafoveal")
+                       for c, w in zip(centres, spread))
+        signs.append("drusen")
+    if (grade == "pdr" or "dme" in labels) and rng.uniform() < 0.3:
+        h = max(rng.uniform(0.02, 0.045) * height, 1.5) / height
+        centre, spread = uc + rng.uniform(-0.05, 0.05), rng.uniform(0.06, 0.1)
+        thick["srf"] = h * np.exp(-((u - centre) / spread) ** 2)
+        signs.append("subretinal_fluid")
+    if "hypertensive_retinopathy" in labels and rng.uniform() < 0.6:
+        uh = uc + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.35)
+        thick["rnfl"] = thick["rnfl"] + 0.02 * np.exp(-((u - uh) / 0.04) ** 2)
+        signs.append("rnfl_swelling")
+
+    # --- boundaries in pixel rows, stacked up from Bruch's membrane ------------
+    tilt = domain.oct_tilt + rng.uniform(-0.03, 0.03)
+    bruch = (depth - curvature * (u - uc) ** 2 + tilt * (u - 0.5)) * height
+    stack = ("drusen", "rpe", "srf", "iz", "ez", "onl", "opl", "inl", "ipl", "gcl", "rnfl")
+    # Top edge of each band in `stack` order.
+    tops = bruch - np.cumsum([thick[b] * _THICKNESS_SCALE * height for b in stack], axis=0)
+    boundaries = np.concatenate([tops[::-1], bruch[None], (bruch + choroid * height)[None]])
+    ilm = boundaries[0]
+
+    # --- reflectivity ------------------------------------------------------------
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
+    cover = np.clip(yy[None] - boundaries[:, None, :] + 0.5, 0.0, 1.0)  # [B, H, W]
+    img = _REFLECTIVITY[0] + np.tensordot(np.diff(_REFLECTIVITY), cover, axes=1)
+    below = np.clip(yy - bruch[None] + 0.5, 0.0, 1.0)
+    lumens = smooth_noise(rng, height, width, 30, 14)  # choroidal vessels: dark lumens
+    texture = np.clip(0.8 + 0.4 * lumens, 0.2, 1.3) * np.exp(
+        -np.maximum(yy - bruch[None], 0.0) / (0.9 * choroid * height))
+    img = img * (1.0 - below + below * texture)
+
+    def add_foci(count: int) -> None:
+        if count <= 0:
+            return
+        fu = uc + rng.uniform(-0.3, 0.3, count)
+        cols = np.clip((fu * width).astype(int), 0, width - 1)
+        top, bottom = boundaries[3, cols], boundaries[6, cols]  # IPL top .. ONL top
+        fy = top + rng.uniform(0.0, 1.0, count) * (bottom - top)
+        r = np.full(count, max(0.005 * width, 0.7))
+        img[...] = np.maximum(img, 0.85 * _soft_ellipses(xx, yy, fu * width, fy, r, r))
+        lesions.extend(Lesion("hyperreflective_focus", float(a), float(b) / width,
+                              float(r[0]) / width, "central" if abs(a - uc) < 0.1 else "parafoveal")
+                       for a, b in zip(fu, fy))
+        signs.append("hyperreflective_foci")
+
+    if "dme" in labels:
+        n = int(rng.integers(3, 8))
+        cu = uc + rng.uniform(-0.15, 0.15, n)
+        cols = np.clip((cu * width).astype(int), 0, width - 1)
+        top, bottom = boundaries[4, cols], boundaries[7, cols]  # INL top .. ONL bottom
+        ry = np.maximum((bottom - top) * rng.uniform(0.25, 0.45, n), 0.9)
+        cy = top + ry + rng.uniform(0.0, 1.0, n) * np.maximum(bottom - top - 2 * ry, 0.0)
+        rx = np.maximum(rng.uniform(0.03, 0.06, n) * width, 1.0)
+        cysts = _soft_ellipses(xx, yy, cu * width, cy, rx, ry)
+        img = img * (1.0 - cysts) + 0.03 * cysts
+        lesions.extend(Lesion("intraretinal_cyst", float(a), float(b) / width, float(c) / width,
+                              "central" if abs(a - uc) < 0.1 else "parafoveal")
+                       for a, b, c in zip(cu, cy, rx))
+        add_foci(int(rng.integers(3, 9)))
+    elif grade is not None:
+        add_foci(int(rng.integers(*{"mild_npdr": (0, 3), "moderate_npdr": (2, 6),
+                                    "severe_npdr": (4, 9), "pdr": (4, 9)}[grade])))
+    if grade == "pdr" and rng.uniform() < 0.7:
+        # Fibrovascular membrane on the retinal surface, attached at both ends.
+        u0 = rng.uniform(0.1, 0.45)
+        u1 = u0 + rng.uniform(0.25, 0.45)
+        span = (u > u0) & (u < u1)
+        arch = np.sin(np.pi * np.clip((u - u0) / (u1 - u0), 0.0, 1.0))
+        lift = rng.uniform(0.03, 0.06) * height * arch
+        line_y = ilm - lift - 0.5
+        thickness = max(0.006 * height, 0.8)
+        membrane = np.clip(1.0 - np.abs(yy - line_y[None]) / thickness, 0.0, 1.0) * span[None]
+        img = np.maximum(img, 0.7 * membrane)
+        signs.append("preretinal_membrane")
+
+    # Retinal vessels in the ganglion cell layer cast shadows down to the choroid.
+    n_vessels = int(rng.integers(3, 6))
+    vu = uc + rng.choice([-1.0, 1.0], n_vessels) * rng.uniform(0.12, 0.45, n_vessels)
+    vcols = np.clip((vu * width).astype(int), 0, width - 1)
+    vy = boundaries[1, vcols] + 0.5 * (boundaries[2, vcols] - boundaries[1, vcols])
+    vr = np.full(n_vessels, max(0.008 * width, 0.8))
+    column = np.clip(1.0 - np.abs(xx[None] - (vu * width)[:, None, None]) / vr[:, None, None], 0, 1)
+    shadow = (column * (yy[None] > vy[:, None, None])).max(0)
+    img = img * (1.0 - 0.55 * shadow)
+    img = np.maximum(img, 0.7 * _soft_ellipses(xx, yy, vu * width, vy, vr, vr))
+
+    # --- acquisition: speckle, A-scan brightness, blur, gain ----------------------
+    signal = 1.0
+    # A smaller scan averages more speckle grains per pixel: smoother.
+    speckle_shape = domain.oct_speckle * max(1.0, (256.0 / width) ** 0.5)
+    blur = domain.oct_blur * width
+    if "cataract" in labels:
+        signal, speckle_shape, blur = 0.55, speckle_shape * 0.6, blur + 0.005 * width
+        signs.append("signal_attenuation")
+    img = img * (1.0 + 0.08 * smooth_noise(rng, 1, width, 12))
+    img = img * rng.gamma(speckle_shape, 1.0 / speckle_shape, img.shape) + 0.05 * rng.gamma(
+        2.0, 0.5, img.shape)
+    if blur > 0:
+        img = ndimage.gaussian_filter(img, (0.5 * blur, blur))
+    img = np.clip(img * signal * domain.oct_gain, 0.0, 1.0) ** domain.oct_gamma
+    out = (img * 255.0 + 0.5).astype(np.uint8)
+    if not signs:
+        signs.append("normal_layers")
+    central = int(np.clip(uc * width, 0, width - 1))
+    findings = Findings(
+        modality="OCT", eye=eye, labels=labels, lesions=tuple(lesions), signs=tuple(signs),
+        extras={"central_thickness": round(float(bruch[central] - ilm[central]) / height, 4),
+                "fovea_x": round(float(uc), 4)},
+    )
+    return out, findings

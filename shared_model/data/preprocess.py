@@ -1,0 +1,66 @@
+"""Deterministic preprocessing: fundus field-of-view crop, aspect-preserving resize onto a
+square black canvas, grey-to-RGB, and normalisation with ImageNet statistics (as MAE and timm)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+
+# Modalities photographed through the pupil have a circular field of view on black.
+FOV_MODALITIES = frozenset({"CFP", "FFA", "FAF", "ICGA", "UWF", "IR"})
+
+_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
+_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+
+
+def fov_bbox(img: np.ndarray, threshold: float = 0.08, min_fraction: float = 0.01) -> tuple[int, int, int, int]:
+    """Bounding box (top, bottom, left, right) of the field of view of a fundus image [H, W, C].
+
+    A row or column belongs to it when more than ``min_fraction`` of its pixels are brighter than
+    ``threshold`` x the image's 99th-percentile luminance; returns the whole image if none is.
+    """
+    lum = img.mean(axis=-1)
+    bright = lum > threshold * max(float(np.percentile(lum, 99)), 1e-6)
+    rows = np.flatnonzero(bright.mean(axis=1) > min_fraction)
+    cols = np.flatnonzero(bright.mean(axis=0) > min_fraction)
+    if len(rows) == 0 or len(cols) == 0:
+        return 0, img.shape[0], 0, img.shape[1]
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
+
+
+def crop_fov(img: np.ndarray) -> np.ndarray:
+    """Crop the black border around a fundus field of view."""
+    top, bottom, left, right = fov_bbox(img)
+    return img[top:bottom, left:right]
+
+
+def square_resize(img: torch.Tensor, size: int) -> torch.Tensor:
+    """[C, H, W] -> [C, size, size]: scale the longer side to ``size`` and centre on black."""
+    c, h, w = img.shape
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    resized = F.interpolate(img[None], size=(nh, nw), mode="bilinear", antialias=True, align_corners=False)[0]
+    canvas = img.new_zeros(c, size, size)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    canvas[:, top:top + nh, left:left + nw] = resized.clamp(0.0, 1.0)
+    return canvas
+
+
+def to_tensor_rgb(img: np.ndarray) -> torch.Tensor:
+    """[H, W, C] float array (C = 1 or 3) -> [3, H, W] tensor."""
+    t = torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1).float()
+    return t.expand(3, -1, -1).contiguous() if t.shape[0] == 1 else t
+
+
+def prepare_image(img: np.ndarray, modality: str, size: int) -> torch.Tensor:
+    """Decoded [H, W, C] image -> cropped (fundus modalities), squared [3, size, size] in [0, 1]."""
+    if modality in FOV_MODALITIES:
+        img = crop_fov(img)
+    return square_resize(to_tensor_rgb(img), size)
+
+
+def normalize(img: torch.Tensor) -> torch.Tensor:
+    """[.., 3, H, W] in [0, 1] -> standardised with ImageNet mean and std."""
+    return (img - _MEAN.to(img)) / _STD.to(img)
