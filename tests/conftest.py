@@ -46,3 +46,14 @@ def compose_app(config_name: str, overrides: list[str]):
 def tiny_model_cfg():
     """The tiny preset exactly as the packaged config defines it."""
     return compose_app("train", []).model
+
+
+@pytest.fixture(scope="session")
+def small_phantom(tmp_path_factory) -> Path:
+    """Two training sites of 40 eyes and a held-out site of 30 eyes, 64 px (about a second to make)."""
+    from shared_model.data.phantom import PhantomSpec, generate_phantom
+
+    out = tmp_path_factory.mktemp("phantom")
+    generate_phantom(PhantomSpec(n_sites=2, images_per_site=40, heldout_images=30, image_size=64, seed=0), out,
+                     progress=False)
+    return out

@@ -1,0 +1,1 @@
+"""Console entry points of the shared library: ``retina-data``, ``retina-train``, ``retina-eval``."""

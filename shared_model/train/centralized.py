@@ -1,0 +1,83 @@
+"""Centralized training run (``retina-train``): data -> model -> local trainer -> checkpoint ->
+common evaluation -> report folder. A run folder can be resumed where it stopped."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from shared_model.config import DataConfig, TrainAppConfig
+from shared_model.data.dataset import RetinaDataset
+from shared_model.data.embedded import ensure_phantom
+from shared_model.data.manifest import Record, expand_manifest_paths, load_manifest
+from shared_model.eval.evaluate import evaluate_model
+from shared_model.eval.report import write_report
+from shared_model.losses import EyeCLIPObjective
+from shared_model.model import build_model
+from shared_model.model.checkpoint import load_weights, save_checkpoint, write_json_atomic
+from shared_model.train.trainer import LocalTrainer, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoint"
+
+
+def load_training_records(cfg: DataConfig) -> list[Record]:
+    """Records of ``cfg.split`` from every manifest (globs expanded, validated)."""
+    records: list[Record] = []
+    for path in expand_manifest_paths(cfg.manifests):
+        records.extend(load_manifest(path, strict=cfg.strict).select(cfg.split))
+    if not records:
+        raise ValueError(f"no '{cfg.split}' rows in data.manifests={cfg.manifests}")
+    return records
+
+
+def write_resolved_config(cfg, run_dir: Path) -> None:
+    """Save the fully resolved configuration beside the run's outputs."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
+    """Train centrally, checkpoint, evaluate; returns the evaluation results dict."""
+    run_dir = Path(cfg.run_dir)
+    write_resolved_config(cfg, run_dir)
+    if cfg.phantom.ensure:
+        ensure_phantom(cfg.phantom, progress)
+    records = load_training_records(cfg.data)
+    device = resolve_device(cfg.train.device)
+    seed_everything(cfg.train.seed)
+    model = build_model(cfg.model)
+    objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
+    dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
+                            pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0)
+    trainer = LocalTrainer(model, objective, cfg.train, device, num_workers=cfg.data.num_workers)
+    ckpt = run_dir / CHECKPOINT_DIR
+    if cfg.resume and (ckpt / "trainer_state.pt").is_file():
+        load_weights(model, ckpt / "model.safetensors")
+        trainer.load_state(ckpt)
+        log.info("resumed %s at step %d", run_dir, trainer.step)
+    log.info("training on %d images from %d manifests on %s", len(records), len(cfg.data.manifests), device)
+    stats = None
+    start = time.perf_counter()
+    every = cfg.train.checkpoint_every or cfg.train.steps
+    while trainer.step < cfg.train.steps:
+        chunk = min(every, cfg.train.steps - trainer.step)
+        budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds - (time.perf_counter() - start)
+        stats = trainer.run(dataset, chunk, budget, progress, run_dir / "metrics.jsonl")
+        save_checkpoint(model, cfg.model, ckpt, extra={"step": trainer.step})
+        trainer.save_state(ckpt)
+        if stats.steps < chunk:  # time budget reached
+            break
+    if stats is not None:
+        write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "skipped": stats.skipped,
+                                                            "step": trainer.step, "device": str(device)})
+    results = evaluate_model(model, cfg.eval, cfg.model.image.image_size, device, progress)
+    results["meta"] = {"step": trainer.step, "model": cfg.model.name, "train": asdict(stats) if stats else None}
+    if cfg.eval.sets:
+        write_report(results, run_dir / "eval", f"RetinaFL {cfg.model.name} — step {trainer.step}")
+    return results

@@ -1,0 +1,181 @@
+"""The local trainer: AdamW + cosine warm-up schedule, gradient clipping, bf16 autocast on CUDA,
+deterministic seeding, a rich progress bar with loss terms and images/s, and exact resumption
+from its own state (optimizer, schedule, data position, RNG).
+
+The same :class:`LocalTrainer` serves ``retina-train`` (centralized) and, later, a federated
+site's ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader
+
+from shared_model.config import TrainConfig
+from shared_model.data.dataset import Batch, EpochBatchSampler, RetinaDataset, collate
+from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
+from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.train.optim import build_optimizer, build_scheduler
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "trainer_state.pt"
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' -> CUDA when present, else CPU; anything else is passed to torch."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and CUDA) for a reproducible run."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass
+class TrainStats:
+    """What one call of :meth:`LocalTrainer.run` did."""
+
+    steps: int
+    images: int
+    seconds: float
+    images_per_s: float
+    losses: dict[str, float]  # mean over the call's steps, per term and 'total'
+    skipped: list[str] = field(default_factory=list)  # unreadable images ("path: reason")
+
+
+class LocalTrainer:
+    """Trains a RetinaCLIP model with the EyeCLIP objective on a RetinaDataset."""
+
+    def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
+                 total_steps: int | None = None, num_workers: int = 0):
+        self.model = model.to(device)
+        self.objective = objective
+        self.cfg = cfg
+        self.device = device
+        self.num_workers = num_workers
+        self.optimizer = build_optimizer(model, cfg)
+        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps or cfg.steps)
+        self.autocast = device.type == "cuda" and cfg.precision == "bf16"
+        self.step = self.epoch = self.batch_in_epoch = 0
+
+    # --- one step ----------------------------------------------------------------------------
+    def train_step(self, batch: Batch) -> ObjectiveOutput:
+        """Forward, loss, backward, clip, optimizer and schedule step on one batch."""
+        self.model.train()
+        imgs = batch.images.to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            out = self.model(imgs, batch.texts)
+            loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
+                                  batch.pair_index.to(self.device))
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.total.backward()
+        if self.cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss
+
+    # --- the loop ----------------------------------------------------------------------------
+    def _loader(self, dataset: RetinaDataset) -> DataLoader:
+        sampler = EpochBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.epoch, self.batch_in_epoch)
+        # A private generator: DataLoader otherwise draws its worker base seed from the global RNG,
+        # which would shift the masking noise of a resumed run.
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.cfg.seed))
+
+    def run(self, dataset: RetinaDataset, steps: int, max_seconds: float | None = None, progress: bool = True,
+            log_path: Path | None = None, label: str = "train") -> TrainStats:
+        """Train for ``steps`` steps (or until ``max_seconds``), continuing the data order where it stopped."""
+        sums: dict[str, float] = defaultdict(float)
+        skipped: list[str] = []
+        done = images = 0
+        start = time.perf_counter()
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"))
+        with Progress(*columns, disable=not progress, transient=False) as bar:
+            task = bar.add_task(label, total=steps, info="")
+            while done < steps and not self._out_of_time(start, max_seconds):
+                for batch in self._loader(dataset):
+                    self.batch_in_epoch += 1
+                    if batch.skipped:
+                        skipped.extend(batch.skipped)
+                        for reason in batch.skipped:
+                            log.warning("unreadable image skipped: %s", reason)
+                    if batch.n_anchors < 2:
+                        continue
+                    loss = self.train_step(batch)
+                    done += 1
+                    images += len(batch.images)
+                    for name, value in {**loss.terms, "total": float(loss.total.detach())}.items():
+                        sums[name] += value
+                    rate = images / max(time.perf_counter() - start, 1e-9)
+                    bar.update(task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in loss.terms.items())
+                               + f" | {rate:.1f} img/s")
+                    if log_path is not None and (self.step % max(self.cfg.log_every, 1) == 0 or done == steps):
+                        self._log_line(log_path, loss, rate)
+                    if done >= steps or self._out_of_time(start, max_seconds):
+                        break
+                else:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+        seconds = time.perf_counter() - start
+        if skipped:
+            log.warning("%d unreadable images were skipped in this run", len(skipped))
+        return TrainStats(done, images, seconds, images / max(seconds, 1e-9),
+                          {k: v / max(done, 1) for k, v in sums.items()}, skipped)
+
+    @staticmethod
+    def _out_of_time(start: float, max_seconds: float | None) -> bool:
+        return max_seconds is not None and time.perf_counter() - start >= max_seconds
+
+    def _log_line(self, path: Path, loss: ObjectiveOutput, rate: float) -> None:
+        line = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+                "loss": float(loss.total.detach()), **{f"loss_{k}": v for k, v in loss.terms.items()},
+                "logit_scale": float(self.model.logit_scale().detach()), "images_per_s": rate}
+        with open(path, "a") as fh:
+            fh.write(json.dumps(line) + "\n")
+
+    # --- resumption --------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything besides the weights needed to continue bit-for-bit: optimizer, schedule, position, RNG."""
+        state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                 "torch_rng": torch.get_rng_state(), "config": asdict(self.cfg)}
+        if torch.cuda.is_available():
+            state["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def save_state(self, folder: Path) -> None:
+        """Write ``trainer_state.pt`` atomically into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".{STATE_FILE}.tmp"
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(folder / STATE_FILE)
+
+    def load_state(self, folder: Path) -> None:
+        """Restore from ``folder/trainer_state.pt`` (tensors and plain values only: ``weights_only=True``)."""
+        self.load_state_dict(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True))

@@ -1,0 +1,84 @@
+"""End to end through the console scripts, as a user runs them: ``retina-data`` makes a phantom,
+``retina-train`` trains, checkpoints, evaluates and resumes, ``retina-eval`` scores the
+checkpoint on the real images; bad inputs end with one clear line and status 2."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+TINY_PHANTOM = ["phantom.sites=1", "phantom.images_per_site=24", "phantom.heldout_images=24", "phantom.seed=3"]
+FAST = ["train.steps=3", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
+        "eval.kshot=[1]", "eval.kshot_trials=2", "eval.probe_folds=2"]
+
+
+def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", **env})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("e2e")
+    run = root / "run"
+    result = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={run}", *TINY_PHANTOM, *FAST])
+    assert result.returncode == 0, result.stderr[-3000:]
+    return root, run, result
+
+
+def test_train_writes_a_complete_run_folder(trained):
+    root, run, result = trained
+    assert (root / "phantom" / "phantom.json").is_file()  # generated on demand
+    for name in ("config.yaml", "metrics.jsonl", "train_summary.json", "checkpoint/model.safetensors",
+                 "checkpoint/config.json", "checkpoint/trainer_state.pt", "eval/metrics.json", "eval/summary.md"):
+        assert (run / name).is_file(), name
+    assert "run_dir: " + str(run) in (run / "config.yaml").read_text()
+    metrics = json.loads((run / "eval" / "metrics.json").read_text())
+    zero_shot = metrics["zero_shot"]["heldout/CFP"]
+    assert 0.0 <= zero_shot["aca"] <= 1.0 and zero_shot["n"] > 0
+    assert "heldout/CFP" in metrics["linear_probe"] and "heldout/CFP" in metrics["retrieval"]
+    assert list((run / "eval").glob("confusion_*.png"))
+    assert "ACA" in result.stdout
+
+
+def test_resume_continues_from_the_checkpoint(trained):
+    root, run, _ = trained
+    result = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={run}", *TINY_PHANTOM,
+                   *FAST, "train.steps=5", "resume=true", "eval=none"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads((run / "checkpoint" / "config.json").read_text())["extra"]["step"] == 5
+    assert "resumed" in result.stdout + result.stderr
+
+
+def test_eval_on_the_real_images(trained, real_dir, tmp_path):
+    _, run, _ = trained
+    result = _run([str(BIN / "retina-eval"), f"checkpoint={run / 'checkpoint'}", "eval=real", f"out_dir={tmp_path}"],
+                  RETINAFL_REAL_DATA=str(real_dir))
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    oct_task = metrics["zero_shot"]["kermany_oct/OCT"]
+    assert oct_task["n"] == 32 and oct_task["class_names"] == ["cnv", "dme", "drusen", "normal"]
+    assert metrics["zero_shot"]["fundus_misc/CFP"]["n"] == 12
+    assert "kermany_oct/OCT" in metrics["linear_probe"]
+
+
+def test_bad_inputs_end_with_a_clear_message(trained, tmp_path):
+    root, run, _ = trained
+    unknown = _run([str(BIN / "retina-train"), "model.image.widht=3", f"run_dir={tmp_path / 'x'}"])
+    assert unknown.returncode != 0 and "widht" in unknown.stderr
+    not_ckpt = _run([str(BIN / "retina-eval"), f"checkpoint={tmp_path}", "eval=none", f"out_dir={tmp_path / 'o'}"])
+    assert not_ckpt.returncode == 2 and "not a RetinaFL checkpoint" in not_ckpt.stderr
+    assert "Traceback" not in not_ckpt.stderr
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,patient_id,modality,labels,report\nnope.png,p1,CFP,normal,\n")
+    refused = _run([str(BIN / "retina-train"), "data=manifests", f"data.manifests=[{bad}]", "eval=none",
+                    f"run_dir={tmp_path / 'y'}", *FAST])
+    assert refused.returncode == 2 and f"{bad}: row 1, field 'image': file not found" in refused.stderr
+    validate = _run([str(BIN / "retina-data"), "validate", str(bad), str(root / "phantom" / "site_0" / "manifest.csv")])
+    assert validate.returncode == 1 and "file not found" in validate.stdout and "all rows valid" in validate.stdout
