@@ -133,8 +133,8 @@ class PhantomDataConfig:
 
     root: str = "data/phantom"
     sites: int = 3
-    images_per_site: int = 300
-    heldout_images: int = 200
+    images_per_site: int = 300  # eyes per site (one CFP + one OCT each)
+    heldout_images: int = 200  # eyes at the held-out site
     image_size: int = 64
     seed: int = 0
     ensure: bool = False  # generate the phantom at ``root`` when it is absent

@@ -36,6 +36,9 @@ class TextTower(nn.Module):
                  pretrained: bool = True):
         super().__init__()
         from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # weight loading is local and fast; keep logs readable
 
         folder = path or default_text_model_path()
         if not Path(folder).is_dir():
