@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/retina-train train=demo phantom.root=data/phantom run_dir=$(DEMO_DIR)
+	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=$(DEMO_DIR)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -24,8 +24,9 @@ class ImageTowerConfig:
     depth: int = 4
     num_heads: int = 3
     mlp_ratio: float = 4.0
-    # Pooled embedding: 'token' (class token, as CLIP/MAE) or 'avg' (mean of visible patch tokens).
-    global_pool: str = "token"
+    # Pooled embedding: 'avg' (mean of the visible patch tokens, as MAE fine-tuning) or 'token' (class
+    # token). With the class token the contrastive terms collapsed to ln(batch) in short CPU runs.
+    global_pool: str = "avg"
     # Optional local file (safetensors or torch state dict, e.g. RETFound / timm / open_clip)
     # used to initialise the tower; never a hub name.
     init_checkpoint: Optional[str] = None

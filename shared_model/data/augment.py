@@ -19,8 +19,9 @@ def _uniform(gen: torch.Generator, low: float, high: float) -> float:
 def augment(img: torch.Tensor, gen: torch.Generator, colour: bool = True) -> torch.Tensor:
     """[3, S, S] in [0, 1] -> randomly cropped, flipped, rotated and colour-jittered [3, S, S].
 
-    Mild on purpose: lesions are small, so crops keep >= 80 % of the area; colour jitter is
-    skipped for grey modalities such as OCT (``colour=False``) where only brightness/contrast move.
+    Geometry is mild on purpose (lesions are small, so crops keep >= 80 % of the area); photometric
+    changes are strong (per-channel gain, gamma, blur) because sites differ most in camera colour
+    and focus. Colour changes are skipped for grey modalities such as OCT (``colour=False``).
     """
     _, size, _ = img.shape
     scale, ratio = _uniform(gen, 0.8, 1.0), _uniform(gen, 0.9, 1.1)
@@ -34,7 +35,13 @@ def augment(img: torch.Tensor, gen: torch.Generator, colour: bool = True) -> tor
     img = TF.rotate(img, _uniform(gen, -15.0, 15.0))
     img = TF.adjust_brightness(img, _uniform(gen, 0.8, 1.2))
     img = TF.adjust_contrast(img, _uniform(gen, 0.8, 1.2))
+    img = TF.adjust_gamma(img, _uniform(gen, 0.8, 1.25))
     if colour:
-        img = TF.adjust_saturation(img, _uniform(gen, 0.8, 1.2))
-        img = TF.adjust_hue(img, _uniform(gen, -0.02, 0.02))
+        # Per-channel gain: cameras differ in white balance far more than hue jitter covers.
+        gains = torch.empty(3, 1, 1).uniform_(0.75, 1.3, generator=gen)
+        img = TF.adjust_saturation((img * gains).clamp(0.0, 1.0), _uniform(gen, 0.7, 1.3))
+        img = TF.adjust_hue(img, _uniform(gen, -0.03, 0.03))
+    if float(torch.rand((), generator=gen)) < 0.5:  # defocus and compression blur
+        sigma = _uniform(gen, 0.1, 1.2) * size / 64
+        img = TF.gaussian_blur(img, [2 * round(2 * sigma) + 1] * 2, [sigma, sigma])
     return img.clamp(0.0, 1.0)

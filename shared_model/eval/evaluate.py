@@ -19,15 +19,19 @@ from rich.progress import Progress
 from shared_model.config import EvalAppConfig, EvalConfig, EvalSetConfig
 from shared_model.data.adapters import from_class_folders, from_flair_csv
 from shared_model.data.dataset import load_slices
+from shared_model.data.embedded import ensure_phantom
 from shared_model.data.manifest import Record, load_manifest, validate_table
 from shared_model.data.preprocess import normalize
 from shared_model.data.readers import ImageReadError
 from shared_model.eval.linear_probe import kshot_probe, linear_probe_cv
 from shared_model.eval.metrics import classification_metrics
+from shared_model.eval.report import write_report
 from shared_model.eval.retrieval import retrieval_metrics
 from shared_model.eval.zero_shot import ensemble_class_embedding, zero_shot_logits
+from shared_model.model.checkpoint import load_checkpoint
 from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.prompts import DR_GRADES, prompt_ensemble
+from shared_model.train.trainer import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -179,11 +183,6 @@ def _evaluate_task(model: RetinaCLIP, cfg: EvalConfig, set_cfg: EvalSetConfig, n
 
 def run_evaluation(cfg: EvalAppConfig, progress: bool = True) -> dict:
     """``retina-eval``: load a checkpoint folder, evaluate it, write the report into ``cfg.out_dir``."""
-    from shared_model.data.embedded import ensure_phantom
-    from shared_model.eval.report import write_report
-    from shared_model.model.checkpoint import load_checkpoint
-    from shared_model.train.trainer import resolve_device
-
     if cfg.phantom.ensure:
         ensure_phantom(cfg.phantom, progress)
     device = resolve_device(cfg.device)

@@ -1,5 +1,10 @@
 """Image-image contrast between two modalities (or views) of the same patient-eye, as in EyeCLIP
-(Shi et al. 2024): the CFP of an eye should embed next to that eye's OCT, away from other eyes."""
+(Shi et al. 2024): the CFP of an eye should embed next to that eye's OCT, away from other eyes.
+
+As FLAIR does for image-text pairs, eyes with the same label set are not treated as negatives:
+anchor i's target is spread over every partner with i's labels (its own partner included).
+Without labels (id -1) only the same eye is positive, which is plain InfoNCE.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import torch
 from torch import nn
 
 from shared_model.losses.clip_infonce import symmetric_contrastive_loss
+from shared_model.losses.flair_soft_targets import label_targets
 
 
 class ModalityContrastLoss(nn.Module):
@@ -15,8 +21,10 @@ class ModalityContrastLoss(nn.Module):
     per_example_decomposable = False
 
     def forward(self, anchor_embeds: torch.Tensor, partner_embeds: torch.Tensor, logit_scale: torch.Tensor,
-                has_partner: torch.Tensor) -> torch.Tensor:
+                has_partner: torch.Tensor, label_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """label_ids: [N] label-set ids of the anchors (None: only the same eye is positive)."""
         keep = has_partner.bool()
         if int(keep.sum()) < 2:  # one pair has no negatives: nothing to contrast
             return anchor_embeds.sum() * 0.0
-        return symmetric_contrastive_loss(anchor_embeds[keep], partner_embeds[keep], logit_scale)
+        targets = label_targets(label_ids[keep]) if label_ids is not None else None
+        return symmetric_contrastive_loss(anchor_embeds[keep], partner_embeds[keep], logit_scale, targets)

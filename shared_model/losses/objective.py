@@ -69,7 +69,8 @@ class EyeCLIPObjective(nn.Module):
             has_partner = pair_index >= 0
             n = len(pair_index)
             partners = out.image_embeds[pair_index.clamp(min=0)]
-            terms["image_image"] = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner)
+            terms["image_image"] = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner,
+                                                    label_ids[:n])
         if self.weights["mae"] > 0 and out.mae_pred is not None:
             terms["mae"] = self.mae(model.patchify(imgs), out.mae_pred, out.mae_mask)
         total = sum(self.weights[name] * value for name, value in terms.items())

@@ -45,7 +45,7 @@ class MaskedViT(nn.Module):
     """ViT encoder that can drop a random fraction of patches before the first block."""
 
     def __init__(self, image_size: int, patch_size: int, width: int, depth: int, num_heads: int,
-                 mlp_ratio: float = 4.0, global_pool: str = "token", in_chans: int = 3):
+                 mlp_ratio: float = 4.0, global_pool: str = "avg", in_chans: int = 3):
         super().__init__()
         if global_pool not in ("token", "avg"):
             raise ValueError(f"model.image.global_pool must be 'token' or 'avg', got {global_pool!r}")

@@ -19,7 +19,7 @@ from shared_model.eval.report import write_report
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.model.checkpoint import load_weights, save_checkpoint, write_json_atomic
-from shared_model.train.trainer import LocalTrainer, resolve_device, seed_everything
+from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +34,17 @@ def load_training_records(cfg: DataConfig) -> list[Record]:
     if not records:
         raise ValueError(f"no '{cfg.split}' rows in data.manifests={cfg.manifests}")
     return records
+
+
+def merge_stats(chunks: list[TrainStats]) -> TrainStats:
+    """Totals over consecutive :meth:`LocalTrainer.run` calls (losses weighted by steps)."""
+    steps = sum(c.steps for c in chunks)
+    images = sum(c.images for c in chunks)
+    seconds = sum(c.seconds for c in chunks)
+    names = {name for c in chunks for name in c.losses}
+    losses = {n: sum(c.losses.get(n, 0.0) * c.steps for c in chunks) / max(steps, 1) for n in names}
+    return TrainStats(steps, images, seconds, images / max(seconds, 1e-9), losses,
+                      [reason for c in chunks for reason in c.skipped])
 
 
 def write_resolved_config(cfg, run_dir: Path) -> None:
@@ -61,23 +72,22 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
         load_weights(model, ckpt / "model.safetensors")
         trainer.load_state(ckpt)
         log.info("resumed %s at step %d", run_dir, trainer.step)
-    log.info("training on %d images from %d manifests on %s", len(records), len(cfg.data.manifests), device)
-    stats = None
+    log.info("training on %d images (%s) on %s", len(records), ", ".join(cfg.data.manifests), device)
+    chunks: list[TrainStats] = []
     start = time.perf_counter()
     every = cfg.train.checkpoint_every or cfg.train.steps
     while trainer.step < cfg.train.steps:
         chunk = min(every, cfg.train.steps - trainer.step)
         budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds - (time.perf_counter() - start)
-        stats = trainer.run(dataset, chunk, budget, progress, run_dir / "metrics.jsonl")
+        chunks.append(trainer.run(dataset, chunk, budget, progress, run_dir / "metrics.jsonl"))
         save_checkpoint(model, cfg.model, ckpt, extra={"step": trainer.step})
         trainer.save_state(ckpt)
-        if stats.steps < chunk:  # time budget reached
+        if chunks[-1].steps < chunk:  # time budget reached
             break
-    if stats is not None:
-        write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "skipped": stats.skipped,
-                                                            "step": trainer.step, "device": str(device)})
+    stats = merge_stats(chunks)
+    write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "step": trainer.step, "device": str(device)})
     results = evaluate_model(model, cfg.eval, cfg.model.image.image_size, device, progress)
-    results["meta"] = {"step": trainer.step, "model": cfg.model.name, "train": asdict(stats) if stats else None}
+    results["meta"] = {"step": trainer.step, "model": cfg.model.name, "train": asdict(stats)}
     if cfg.eval.sets:
         write_report(results, run_dir / "eval", f"RetinaFL {cfg.model.name} — step {trainer.step}")
     return results

@@ -26,6 +26,13 @@ def test_every_group_composes(model, train, eval_group):
         assert not cfg.model.mae.enabled
 
 
+def test_demo_experiment_overrides_only_what_it_names():
+    cfg = compose_app("train", ["+experiment=demo"])
+    assert cfg.train.max_seconds == 60 and cfg.model.name == "tiny"
+    assert cfg.data.text_source == "caption" and not cfg.data.pair_modalities
+    assert cfg.loss.image_image == 0.75 and cfg.eval.sets[0].name == "heldout"
+
+
 def test_manifest_data_group_requires_manifests():
     cfg = compose_app("train", ["data=manifests", "data.manifests=[a.csv,b.csv]", "eval=none"])
     assert cfg.data.manifests == ["a.csv", "b.csv"] and not cfg.phantom.ensure

@@ -61,6 +61,17 @@ def test_modality_contrast_ignores_rows_without_partner():
     assert ModalityContrastLoss()(a, b, ONE, torch.tensor([1, 0, 0, 0])).item() == 0.0
 
 
+def test_modality_contrast_with_labels_treats_same_diagnosis_as_positive():
+    torch.manual_seed(4)
+    a, b = F.normalize(torch.randn(4, 3), dim=-1), F.normalize(torch.randn(4, 3), dim=-1)
+    has = torch.ones(4)
+    plain = ModalityContrastLoss()(a, b, ONE, has)
+    assert ModalityContrastLoss()(a, b, ONE, has, torch.arange(4)).item() == pytest.approx(plain.item(), abs=1e-6)
+    shared = ModalityContrastLoss()(a, b, ONE, has, torch.tensor([0, 0, 1, 1]))
+    expected = FlairSoftTargetLoss()(a, b, ONE, torch.tensor([0, 0, 1, 1]))
+    assert shared.item() == pytest.approx(expected.item(), abs=1e-6) and shared.item() != pytest.approx(plain.item())
+
+
 def test_mae_loss_reads_only_masked_patches():
     torch.manual_seed(3)
     target, pred = torch.randn(2, 6, 12), torch.randn(2, 6, 12)

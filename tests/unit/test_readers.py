@@ -10,23 +10,27 @@ from shared_model.data.preprocess import crop_fov, fov_bbox, prepare_image, squa
 from shared_model.data.readers import ImageReadError, read_image
 
 
-def _dicom(path, frames: np.ndarray, bits_stored=12, photometric="MONOCHROME2"):
+def _dicom(path, frames: np.ndarray, bits_stored=12, photometric="MONOCHROME2", sop_class="1.2.840.10008.5.1.4.1.1.77.1.5.4"):
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.4"  # ophthalmic tomography
+    meta.MediaStorageSOPClassUID = sop_class  # default: ophthalmic tomography
     meta.MediaStorageSOPInstanceUID = generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = pydicom.Dataset()
     ds.file_meta = meta
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = frames.shape[-2:]
+    colour = photometric == "RGB"
+    ds.Rows, ds.Columns = frames.shape[1:3]
     ds.NumberOfFrames = frames.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    ds.PixelData = frames.astype(np.uint16).tobytes()
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = (3 if colour else 1), photometric
+    if colour:
+        ds.PlanarConfiguration = 0
+    allocated = 8 if bits_stored <= 8 else 16
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, bits_stored, bits_stored - 1, 0
+    ds.PixelData = frames.astype(np.uint8 if allocated == 8 else np.uint16).tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -58,6 +62,15 @@ def test_dicom_single_and_multiframe(tmp_path):
     _dicom(tmp_path / "one.dcm", frames[1:2], photometric="MONOCHROME1")
     img = read_image(tmp_path / "one.dcm")
     assert img.shape == (8, 9, 1) and img.mean() == pytest.approx(1 - 2047 / 4095, abs=1e-3)
+
+
+def test_dicom_colour_fundus_photograph(tmp_path):
+    rgb = np.zeros((1, 6, 5, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 100, 50
+    _dicom(tmp_path / "cfp.dcm", rgb, bits_stored=8, photometric="RGB",
+           sop_class="1.2.840.10008.5.1.4.1.1.77.1.5.1")  # ophthalmic photography 8 bit
+    img = read_image(tmp_path / "cfp.dcm")
+    assert img.shape == (6, 5, 3) and np.allclose(img[0, 0], [200 / 255, 100 / 255, 50 / 255])
 
 
 def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):

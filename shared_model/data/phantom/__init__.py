@@ -13,7 +13,7 @@ Conventions: right eye (OD) has the optic disc to the right of the fovea in
 the image, left eye (OS) to the left; an OCT carries its eye's labels.
 """
 
-from .categories import CATEGORIES, CLINICAL_NAMES, DR_GRADES
+from .categories import CATEGORIES, CLINICAL_NAMES, DR_RETINOPATHY_GRADES
 from .domain import NEUTRAL_DOMAIN, SiteDomain, sample_site_domain
 from .findings import Findings, Lesion
 from .fundus import render_fundus
@@ -32,7 +32,7 @@ from .reports import build_report
 __all__ = [
     "CATEGORIES",
     "CLINICAL_NAMES",
-    "DR_GRADES",
+    "DR_RETINOPATHY_GRADES",
     "GENERATOR_VERSION",
     "MANIFEST_COLUMNS",
     "NEUTRAL_DOMAIN",

@@ -19,8 +19,9 @@ CATEGORIES: tuple[str, ...] = (
     "hypertensive_retinopathy",
 )
 
-# Ordered by severity: lesion counts grow monotonically along this tuple.
-DR_GRADES: tuple[str, ...] = ("mild_npdr", "moderate_npdr", "severe_npdr", "pdr")
+# Diabetic retinopathy grades the phantom draws (no "no_dr": a phantom eye without DR is "normal"),
+# ordered by severity: lesion counts grow monotonically along this tuple.
+DR_RETINOPATHY_GRADES: tuple[str, ...] = ("mild_npdr", "moderate_npdr", "severe_npdr", "pdr")
 
 # DR grades that may carry diabetic macular oedema as a second label.
 DME_COMORBID_GRADES: tuple[str, ...] = ("moderate_npdr", "severe_npdr", "pdr")

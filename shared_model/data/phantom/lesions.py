@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .anatomy import FundusLayout
-from .categories import DR_GRADES
+from .categories import DR_RETINOPATHY_GRADES
 from .findings import Lesion
 from .vessels import Vessel
 
@@ -205,7 +205,7 @@ def plan_pathology(rng: np.random.Generator, labels: tuple[str, ...], layout: Fu
     """Sample every lesion and sign the ``labels`` call for (an empty plan for ``normal``)."""
     p = FundusPathology(cup_disc_ratio=round(float(rng.uniform(0.2, 0.45)), 2),
                         tessellation=float(rng.uniform(0.0, 0.08)))
-    grade = next((label for label in labels if label in DR_GRADES), None)
+    grade = next((label for label in labels if label in DR_RETINOPATHY_GRADES), None)
     if grade is not None:
         _diabetic(rng, layout, grade, vessels, p)
     if "dme" in labels:

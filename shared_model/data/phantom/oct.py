@@ -10,7 +10,7 @@ aliasing.  Nasal is image-right for a right eye (OD), as on the fundus image.
 import numpy as np
 from scipy import ndimage
 
-from .categories import DR_GRADES, check_categories, check_eye
+from .categories import DR_RETINOPATHY_GRADES, check_categories, check_eye
 from .domain import NEUTRAL_DOMAIN, SiteDomain
 from .findings import Findings, Lesion
 from .texture import smooth_noise
@@ -86,7 +86,7 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     uc = 0.5 + rng.uniform(-0.04, 0.04)
     lesions: list[Lesion] = []
     signs: list[str] = []
-    grade = next((label for label in labels if label in DR_GRADES), None)
+    grade = next((label for label in labels if label in DR_RETINOPATHY_GRADES), None)
 
     # --- thickness profiles, fractions of the height --------------------------
     pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2)

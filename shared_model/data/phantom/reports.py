@@ -8,7 +8,7 @@ the image.
 
 import numpy as np
 
-from .categories import CLINICAL_NAMES, DR_GRADES
+from .categories import CLINICAL_NAMES, DR_RETINOPATHY_GRADES
 from .findings import Findings
 
 _SIDE = {"OD": "right", "OS": "left"}
@@ -190,7 +190,7 @@ def _oct_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
         if f.labels != ("normal",):
             out.append("No macular abnormality on this scan; diagnosis from the fundus "
                        "examination.")
-    if any(label in DR_GRADES for label in f.labels) and "retinal_thickening" not in signs:
+    if any(label in DR_RETINOPATHY_GRADES for label in f.labels) and "retinal_thickening" not in signs:
         out.append("No macular oedema.")
     out.append(_impression(rng, f.labels, "OCT"))
     return out
