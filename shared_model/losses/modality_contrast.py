@@ -21,10 +21,13 @@ class ModalityContrastLoss(nn.Module):
     per_example_decomposable = False
 
     def forward(self, anchor_embeds: torch.Tensor, partner_embeds: torch.Tensor, logit_scale: torch.Tensor,
-                has_partner: torch.Tensor, label_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """label_ids: [N] label-set ids of the anchors (None: only the same eye is positive)."""
+                has_partner: torch.Tensor, label_ids: torch.Tensor | None = None) -> torch.Tensor | None:
+        """label_ids: [N] label-set ids of the anchors (None: only the same eye is positive).
+
+        Returns None when fewer than two anchors have a partner: one pair has no negatives.
+        """
         keep = has_partner.bool()
-        if int(keep.sum()) < 2:  # one pair has no negatives: nothing to contrast
-            return anchor_embeds.sum() * 0.0
+        if int(keep.sum()) < 2:
+            return None
         targets = label_targets(label_ids[keep]) if label_ids is not None else None
         return symmetric_contrastive_loss(anchor_embeds[keep], partner_embeds[keep], logit_scale, targets)

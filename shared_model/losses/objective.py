@@ -33,6 +33,8 @@ class EyeCLIPObjective(nn.Module):
         if cfg.image_text_variant not in ("clip", "flair"):
             raise ValueError(f"loss.image_text_variant must be 'clip' or 'flair', got {cfg.image_text_variant!r}")
         self.weights = {"image_text": cfg.image_text, "image_image": cfg.image_image, "mae": cfg.mae}
+        if min(self.weights.values()) < 0 or max(self.weights.values()) == 0:
+            raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {self.weights}")
         self.image_text = FlairSoftTargetLoss() if cfg.image_text_variant == "flair" else ClipInfoNCELoss()
         self.image_image = ModalityContrastLoss()
         self.mae = MAEReconstructionLoss(norm_pix)
@@ -69,8 +71,9 @@ class EyeCLIPObjective(nn.Module):
             has_partner = pair_index >= 0
             n = len(pair_index)
             partners = out.image_embeds[pair_index.clamp(min=0)]
-            terms["image_image"] = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner,
-                                                    label_ids[:n])
+            pair_loss = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner, label_ids[:n])
+            if pair_loss is not None:
+                terms["image_image"] = pair_loss
         if self.weights["mae"] > 0 and out.mae_pred is not None:
             terms["mae"] = self.mae(model.patchify(imgs), out.mae_pred, out.mae_mask)
         total = sum(self.weights[name] * value for name, value in terms.items())
