@@ -42,6 +42,10 @@ class RetinaCLIP(nn.Module):
         if contrast_pass not in ("shared", "separate"):
             raise ValueError(f"model.contrast_pass must be 'shared' or 'separate', got {contrast_pass!r}")
         self.visual = visual
+        # Centres pooled image features across the batch (running mean at evaluation), as MoCo v3
+        # and DINO do: without it every image embedding shared one dominant direction (mean
+        # cosine 0.99 after short runs), so zero-shot arg-max fell on the same class for all images.
+        self.image_norm = nn.BatchNorm1d(visual.width, affine=False)
         self.image_proj = nn.Linear(visual.width, embed_dim, bias=False)
         nn.init.normal_(self.image_proj.weight, std=visual.width ** -0.5)
         self.text = text
@@ -55,7 +59,7 @@ class RetinaCLIP(nn.Module):
     def encode_image(self, imgs: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """imgs: [N, 3, H, W] -> embeddings [N, D] from the unmasked image."""
         tokens, _, _ = self.visual.forward_encoder(imgs, 0.0)
-        emb = self.image_proj(self.visual.pool(tokens))
+        emb = self.image_proj(self.image_features(tokens))
         return F.normalize(emb, dim=-1) if normalize else emb
 
     def encode_text(self, texts: list[str], normalize: bool = True) -> torch.Tensor:
@@ -70,9 +74,13 @@ class RetinaCLIP(nn.Module):
             raise ValueError("this model has no volume adapter: set model.volume_max_slices > 0")
         n, s = slices.shape[:2]
         tokens, _, _ = self.visual.forward_encoder(slices.flatten(0, 1), 0.0)
-        per_slice = self.visual.pool(tokens).view(n, s, -1)  # [N, S, width]
+        per_slice = self.image_features(tokens).view(n, s, -1)  # [N, S, width]
         emb = self.image_proj(self.volume_pool(per_slice, slice_mask))
         return F.normalize(emb, dim=-1) if normalize else emb
+
+    def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder tokens [N, T, width] -> pooled, batch-centred features [N, width]."""
+        return self.image_norm(self.visual.pool(tokens))
 
     def logit_scale(self) -> torch.Tensor:
         return self.temperature()
@@ -84,7 +92,7 @@ class RetinaCLIP(nn.Module):
         mae_pred = self.decoder(tokens, ids_restore) if self.decoder is not None else None
         if self.contrast_pass == "separate" and self.mask_ratio > 0:
             tokens, _, _ = self.visual.forward_encoder(imgs, 0.0)
-        image_embeds = F.normalize(self.image_proj(self.visual.pool(tokens)), dim=-1)
+        image_embeds = F.normalize(self.image_proj(self.image_features(tokens)), dim=-1)
         text_embeds = self.encode_text(texts) if texts is not None else None
         return ModelOutput(image_embeds, text_embeds, self.logit_scale(), mae_pred, mask)
 

@@ -130,3 +130,16 @@ def test_volume_encoding_through_the_model(tiny_model_cfg):
     model = build_model(_with(tiny_model_cfg, volume_max_slices=8))
     emb = model.encode_volume(torch.randn(2, 5, 3, 64, 64))
     assert emb.shape == (2, 256) and torch.allclose(emb.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_pooled_features_are_batch_centred_on_both_towers(tiny_model_cfg):
+    torch.manual_seed(0)
+    model = build_model(tiny_model_cfg).train()
+    tokens, _, _ = model.visual.forward_encoder(torch.randn(6, 3, 64, 64), 0.75)
+    assert model.image_features(tokens).mean(0).abs().max() < 1e-4
+    texts = ["drusen", "a normal fundus", "haemorrhages in four quadrants", "cupping of the optic disc"]
+    feats = model.text.norm(model.text.pooled_features(texts, torch.device("cpu")))
+    assert feats.mean(0).abs().max() < 1e-4
+    model.eval()  # evaluation uses running statistics: one image or one prompt at a time works
+    assert model.encode_image(torch.randn(1, 3, 64, 64)).shape == (1, 256)
+    assert model.encode_text(["drusen"]).shape == (1, 256)
