@@ -41,13 +41,13 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _write_table(table, out: Path) -> int:
+    from shared_model.atomic_files import atomic_path
     from shared_model.data.manifest import validate_table
 
     out.parent.mkdir(parents=True, exist_ok=True)
     manifest = validate_table(table, out, out.parent)  # refuse to write a manifest that would not load
-    tmp = out.with_name(f".{out.name}.tmp")
-    table.to_csv(tmp, index=False)
-    tmp.replace(out)
+    with atomic_path(out) as tmp:
+        table.to_csv(tmp, index=False)
     Console().print(f"wrote {out}: {len(manifest.records)} rows")
     return 0
 

@@ -22,15 +22,14 @@ types, ``None`` where a metric is undefined.
 
 import io
 import json
-import os
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 from rich.table import Table
 
+from shared_model.atomic_files import write_bytes_atomic
 from shared_model.eval.metrics import SCALAR_METRICS
 
 CLASSIFICATION_SECTIONS = {"zero_shot": "zero-shot", "linear_probe": "linear probe", "kshot": "k-shot"}
@@ -110,21 +109,6 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    # Write a sibling temp file and rename it over the target, so a reader (or
-    # a crash) never sees a half-written report.
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _confusion_png(cm: list[list[int]], class_names: list[str], title: str) -> bytes:
     cm = np.asarray(cm)
     n = len(class_names)
@@ -165,7 +149,7 @@ def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
     written = []
 
     metrics_path = out_dir / "metrics.json"
-    _atomic_write(metrics_path, json.dumps(results, indent=2, allow_nan=False).encode())
+    write_bytes_atomic(metrics_path, json.dumps(results, indent=2, allow_nan=False).encode())
     written.append(metrics_path)
 
     images = []
@@ -174,7 +158,7 @@ def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
             if "confusion_matrix" not in entry:
                 continue
             path = out_dir / f"confusion_{section}_{_slug(dataset)}.png"
-            _atomic_write(path, _confusion_png(entry["confusion_matrix"], entry["class_names"], f"{label}: {dataset}"))
+            write_bytes_atomic(path, _confusion_png(entry["confusion_matrix"], entry["class_names"], f"{label}: {dataset}"))
             images.append(path)
     written.extend(images)
 
@@ -188,6 +172,6 @@ def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
     if images:
         parts += ["## Confusion matrices", "\n".join(f"![{p.stem}]({p.name})" for p in images)]
     summary_path = out_dir / "summary.md"
-    _atomic_write(summary_path, ("\n\n".join(parts) + "\n").encode())
+    write_bytes_atomic(summary_path, ("\n\n".join(parts) + "\n").encode())
     written.append(summary_path)
     return written

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 import torch
 from omegaconf import OmegaConf
 
 import shared_model
+from shared_model.atomic_files import atomic_path, write_json_atomic
 from shared_model.config import ModelConfig
 from shared_model.model.build import build_model
 from shared_model.model.retina_clip import RetinaCLIP
@@ -36,13 +35,6 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and an atomic rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
-
-
 def save_checkpoint(model: RetinaCLIP, cfg: ModelConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Save weights and config into ``out_dir`` (created if needed); returns the folder."""
     from safetensors.torch import save_file
@@ -50,10 +42,9 @@ def save_checkpoint(model: RetinaCLIP, cfg: ModelConfig, out_dir: str | Path, ex
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    tmp = out / f".{WEIGHTS}.tmp"
-    save_file(state, str(tmp), metadata={"format": FORMAT})
-    digest = _sha256(tmp)
-    os.replace(tmp, out / WEIGHTS)
+    with atomic_path(out / WEIGHTS) as tmp:
+        save_file(state, str(tmp), metadata={"format": FORMAT})
+        digest = _sha256(tmp)
     write_json_atomic(out / CONFIG, {
         "format": FORMAT,
         "retinafl_version": shared_model.__version__,

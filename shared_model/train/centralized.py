@@ -18,7 +18,8 @@ from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
-from shared_model.model.checkpoint import load_weights, save_checkpoint, write_json_atomic
+from shared_model.atomic_files import write_json_atomic
+from shared_model.model.checkpoint import load_weights, save_checkpoint
 from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)

@@ -21,6 +21,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
 
+from shared_model.atomic_files import atomic_path
 from shared_model.config import TrainConfig
 from shared_model.data.dataset import Batch, EpochBatchSampler, RetinaDataset, collate
 from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
@@ -172,9 +173,8 @@ class LocalTrainer:
     def save_state(self, folder: Path) -> None:
         """Write ``trainer_state.pt`` atomically into ``folder``."""
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".{STATE_FILE}.tmp"
-        torch.save(self.state_dict(), tmp)
-        tmp.replace(folder / STATE_FILE)
+        with atomic_path(folder / STATE_FILE) as tmp:
+            torch.save(self.state_dict(), tmp)
 
     def load_state(self, folder: Path) -> None:
         """Restore from ``folder/trainer_state.pt`` (tensors and plain values only: ``weights_only=True``)."""

@@ -21,7 +21,6 @@ import contextlib
 import csv
 import io
 import json
-import os
 import re
 import shutil
 import time
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+
+from shared_model.atomic_files import write_text_atomic
 
 from .categories import CATEGORIES, DME_COMORBID_GRADES, check_categories
 from .domain import SiteDomain, sample_site_domain
@@ -244,12 +245,6 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
             shutil.rmtree(out_dir / name)
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8", newline="")
-    os.replace(tmp, path)
-
-
 def _marker(spec: PhantomSpec, plans: list[SitePlan], status: str) -> str:
     height, width = oct_shape(spec.image_size)
     body = {
@@ -318,7 +313,7 @@ def render_site(spec: PhantomSpec, plan: SitePlan, site_dir: Path, advance=None)
     writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(site_dir / "manifest.csv", buffer.getvalue())
+    write_text_atomic(site_dir / "manifest.csv", buffer.getvalue())
     return SiteSummary(plan.name, site_dir / "manifest.csv", plan.n_patients, len(rows),
                        plan.class_counts())
 
@@ -334,7 +329,7 @@ def generate_phantom(spec: PhantomSpec, out_dir: str | Path, *, overwrite: bool 
     out = Path(out_dir)
     _prepare_out_dir(out, overwrite)
     plans = [plan_site(spec, name) for name in site_names(spec)]
-    _write_atomic(out / MARKER_FILE, _marker(spec, plans, "in_progress"))
+    write_text_atomic(out / MARKER_FILE, _marker(spec, plans, "in_progress"))
     sites: list[SiteSummary] = []
     with _progress(progress) as bar:
         for plan in plans:
@@ -343,5 +338,5 @@ def generate_phantom(spec: PhantomSpec, out_dir: str | Path, *, overwrite: bool 
                 task = bar.add_task(plan.name, total=len(plan.eyes))
                 advance = lambda task=task: bar.advance(task)  # noqa: E731
             sites.append(render_site(spec, plan, out / plan.name, advance))
-    _write_atomic(out / MARKER_FILE, _marker(spec, plans, "complete"))
+    write_text_atomic(out / MARKER_FILE, _marker(spec, plans, "complete"))
     return PhantomSummary(out, tuple(sites), time.perf_counter() - start)
