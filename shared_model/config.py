@@ -27,6 +27,10 @@ class ImageTowerConfig:
     # Pooled embedding: 'avg' (mean of the visible patch tokens, as MAE fine-tuning) or 'token' (class
     # token). With the class token the contrastive terms collapsed to ln(batch) in short CPU runs.
     global_pool: str = "avg"
+    # Model input: 'imagenet' (ImageNet mean/std, what pretrained towers expect) or 'local_contrast'
+    # (Graham's local-average subtraction first; cancels camera colour, illumination and device
+    # gain, so from-scratch towers transfer to unseen cameras).
+    input_norm: str = "imagenet"
     # Optional local file (safetensors or torch state dict, e.g. RETFound / timm / open_clip)
     # used to initialise the tower; never a hub name.
     init_checkpoint: Optional[str] = None

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from shared_model.data.augment import augment
+from shared_model.data.augment import augment_batch, draw_params
 from shared_model.data.manifest import Record
-from shared_model.data.preprocess import normalize, prepare_image
+from shared_model.data.preprocess import prepare_image, to_model_input
 from shared_model.data.readers import ImageReadError, read_image
 from shared_model.prompts.captions import build_caption
 
@@ -42,16 +42,19 @@ def load_slices(record: Record, size: int) -> torch.Tensor:
 
 
 class RetinaDataset(Dataset):
-    """Items are dicts: ``image`` [3, S, S] (normalised), ``text``, ``labels`` and, when pairing is
-    on, ``partner`` / ``partner_text`` / ``partner_labels`` from another modality of the same eye."""
+    """Items are dicts: ``image`` [3, S, S] in [0, 1], ``text``, ``labels``, in training with
+    augmentation its parameters ``aug`` (applied batch-wise by :meth:`Batch.model_input`) and, when
+    pairing is on, ``partner`` / ``partner_aug`` / ``partner_text`` / ``partner_labels`` from another
+    modality of the same eye."""
 
     def __init__(self, records: list[Record], image_size: int, train: bool = True, text_source: str = "mixed",
-                 pair_modalities: bool = False):
+                 pair_modalities: bool = False, augment: bool = True):
         if text_source not in TEXT_SOURCES:
             raise ValueError(f"data.text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
         self.records = records
         self.image_size = image_size
         self.train = train
+        self.augment = train and augment
         self.text_source = text_source
         self.pair_modalities = pair_modalities
         by_eye: dict[tuple[str, str, str], list[int]] = defaultdict(list)
@@ -70,23 +73,23 @@ class RetinaDataset(Dataset):
             or (self.text_source == "mixed" and rng.random() < 0.5))
         return record.report if use_report else build_caption(record.labels, rng, record.modality)
 
-    def image_for(self, record: Record, gen: torch.Generator) -> torch.Tensor:
-        """Decoded, preprocessed (and in training augmented) image; volumes give one slice."""
+    def image_for(self, record: Record, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoded, preprocessed image in [0, 1] and, when augmenting, its augmentation parameters;
+        volumes give one slice."""
         img = read_image(record.image, self.image_size)
         if img.ndim == 4:  # a volume: a random B-scan in training, the central one otherwise
             index = int(torch.randint(0, img.shape[0], (), generator=gen)) if self.train else img.shape[0] // 2
             img = img[index]
-        tensor = prepare_image(img, record.modality, self.image_size)
-        if self.train:
-            tensor = augment(tensor, gen, colour=img.shape[-1] == 3)
-        return normalize(tensor)
+        params = draw_params(gen, colour=img.shape[-1] == 3) if self.augment else None
+        return prepare_image(img, record.modality, self.image_size), params
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
         record = self.records[index]
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
         try:
-            item = {"image": self.image_for(record, gen), "text": self.text_for(record, rng),
+            image, params = self.image_for(record, gen)
+            item = {"image": image, "aug": params, "text": self.text_for(record, rng),
                     "labels": ";".join(sorted(record.labels)), "path": str(record.image)}
         except ImageReadError as exc:
             return {"error": str(exc), "path": str(record.image)}
@@ -94,7 +97,8 @@ class RetinaDataset(Dataset):
         if candidates:
             partner = self.records[candidates[rng.randrange(len(candidates))]]
             try:
-                item.update(partner=self.image_for(partner, gen), partner_text=self.text_for(partner, rng),
+                image, params = self.image_for(partner, gen)
+                item.update(partner=image, partner_aug=params, partner_text=self.text_for(partner, rng),
                             partner_labels=";".join(sorted(partner.labels)))
             except ImageReadError as exc:
                 item["partner_error"] = str(exc)
@@ -110,16 +114,25 @@ def index_seed(index: int) -> int:
 class Batch:
     """A collated batch: anchors first, then the partners of the anchors that have one."""
 
-    images: torch.Tensor  # [N + M, 3, S, S]
+    images: torch.Tensor  # [N + M, 3, S, S] in [0, 1]
     texts: list[str]  # N + M
     label_ids: torch.Tensor  # [N + M], -1 = unlabelled; equal ids = equal label sets
     pair_index: torch.Tensor  # [N], position of anchor i's partner, -1 if none
     labels: list[str]  # N + M label-set strings
     skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
+    aug: torch.Tensor | None = None  # [N + M, P] augmentation parameters; None = no augmentation
 
     @property
     def n_anchors(self) -> int:
         return len(self.pair_index)
+
+    def model_input(self, device: torch.device, input_norm: str) -> torch.Tensor:
+        """The images on ``device``, augmented there (when the batch carries parameters) and
+        normalised as the model expects (``model.input_norm``): what its forward pass takes."""
+        images = self.images.to(device, non_blocking=True)
+        if self.aug is not None:
+            images = augment_batch(images, self.aug)
+        return to_model_input(images, input_norm)
 
 
 def collate(items: list[dict]) -> Batch:
@@ -139,8 +152,10 @@ def collate(items: list[dict]) -> Batch:
             pair_index.append(-1)
     ids = {key: i for i, key in enumerate(dict.fromkeys(k for k in labels if k))}
     label_ids = torch.tensor([ids[k] if k else -1 for k in labels], dtype=torch.long)
+    params = [it["aug"] for it in anchors] + [it["partner_aug"] for it in paired]
     stacked = torch.stack(images) if images else torch.empty(0)
-    return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped)
+    aug = torch.stack(params) if params and all(p is not None for p in params) else None
+    return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped, aug)
 
 
 class EpochBatchSampler(Sampler):

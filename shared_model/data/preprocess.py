@@ -1,11 +1,15 @@
 """Deterministic preprocessing: fundus field-of-view crop, aspect-preserving resize onto a
-square black canvas, grey-to-RGB, and normalisation with ImageNet statistics (as MAE and timm)."""
+square black canvas, grey-to-RGB, then the model's input normalisation (ImageNet statistics as
+MAE and timm, optionally after local-contrast normalisation of fundus images)."""
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms.v2 import functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 # Modalities photographed through the pupil have a circular field of view on black.
@@ -64,3 +68,33 @@ def prepare_image(img: np.ndarray, modality: str, size: int) -> torch.Tensor:
 def normalize(img: torch.Tensor) -> torch.Tensor:
     """[.., 3, H, W] in [0, 1] -> standardised with ImageNet mean and std."""
     return (img - _MEAN.to(img)) / _STD.to(img)
+
+
+INPUT_NORMS = ("imagenet", "local_contrast")
+
+
+def local_contrast(images: torch.Tensor) -> torch.Tensor:
+    """Local-average colour subtraction (B. Graham, Kaggle Diabetic Retinopathy Detection, 2015):
+    ``0.5 + 4 * (image - Gaussian local mean)`` inside the field of view, 0.5 outside.
+
+    It removes what differs between cameras at low spatial frequency (colour cast, brightness,
+    vignetting, uneven illumination) and keeps what differs between eyes at high frequency
+    (lesions, vessels). The local mean is a normalised convolution over the field of view (the
+    pixels brighter than 4 % in their brightest channel), so the dark rim does not bleed into the
+    border. ``images``: [N, 3, S, S] in [0, 1].
+    """
+    size = images.shape[-1]
+    sigma = size / 30
+    kernel = [2 * math.ceil(3 * sigma) + 1] * 2
+    fov = (images.amax(1, keepdim=True) > 0.04).to(images)
+    mean = TF.gaussian_blur(images * fov, kernel, [sigma, sigma]) / TF.gaussian_blur(fov, kernel, [sigma, sigma]).clamp(min=1e-3)
+    return ((0.5 + 4 * (images - mean)) * fov + 0.5 * (1 - fov)).clamp(0, 1)
+
+
+def to_model_input(images: torch.Tensor, input_norm: str) -> torch.Tensor:
+    """[N, 3, S, S] in [0, 1] -> the model's input: with ``input_norm='local_contrast'`` first
+    :func:`local_contrast` (every modality: it also cancels OCT gain and speckle-floor differences
+    between devices), then ImageNet standardisation."""
+    if input_norm not in INPUT_NORMS:
+        raise ValueError(f"model.image.input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
+    return normalize(local_contrast(images) if input_norm == "local_contrast" else images)

@@ -21,7 +21,7 @@ from shared_model.data.adapters import from_class_folders, from_flair_csv
 from shared_model.data.dataset import load_slices
 from shared_model.data.embedded import ensure_phantom
 from shared_model.data.manifest import Record, load_manifest, validate_table
-from shared_model.data.preprocess import normalize
+from shared_model.data.preprocess import to_model_input
 from shared_model.data.readers import ImageReadError
 from shared_model.eval.linear_probe import kshot_probe, linear_probe_cv
 from shared_model.eval.metrics import classification_metrics
@@ -71,7 +71,7 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
 
     def flush() -> None:
         if pending:
-            imgs = normalize(torch.stack([p for _, p in pending])).to(device)
+            imgs = to_model_input(torch.stack([p for _, p in pending]).to(device), model.input_norm)
             chunks.append(model.encode_image(imgs).float().cpu())
             kept.extend(r for r, _ in pending)
             pending.clear()
@@ -89,7 +89,7 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
             if len(slices) > 1 and model.volume_pool is not None:
                 flush()
                 picked = slices[torch.linspace(0, len(slices) - 1, min(len(slices), model.volume_pool.max_slices)).long()]
-                chunks.append(model.encode_volume(normalize(picked)[None].to(device)).float().cpu())
+                chunks.append(model.encode_volume(to_model_input(picked.to(device), model.input_norm)[None]).float().cpu())
                 kept.append(record)
                 continue
             pending.append((record, slices[len(slices) // 2]))

@@ -36,4 +36,4 @@ def build_model(cfg: ModelConfig, pretrained_text: bool = True) -> RetinaCLIP:
     text = TextTower(cfg.text.path, cfg.embed_dim, cfg.text.max_length, cfg.text.trainable_layers, pretrained_text)
     volume_pool = SliceAttentionPool(visual.width, cfg.volume_max_slices, cfg.volume_heads) if cfg.volume_max_slices else None
     return RetinaCLIP(visual, text, cfg.embed_dim, cfg.init_temperature, decoder, cfg.mae.mask_ratio,
-                      cfg.contrast_pass, volume_pool)
+                      cfg.contrast_pass, volume_pool, cfg.image.input_norm)

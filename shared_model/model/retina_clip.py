@@ -37,7 +37,7 @@ class RetinaCLIP(nn.Module):
 
     def __init__(self, visual: nn.Module, text: TextTower, embed_dim: int, init_temperature: float,
                  decoder: MAEDecoder | None = None, mask_ratio: float = 0.75, contrast_pass: str = "shared",
-                 volume_pool: SliceAttentionPool | None = None):
+                 volume_pool: SliceAttentionPool | None = None, input_norm: str = "imagenet"):
         super().__init__()
         if contrast_pass not in ("shared", "separate"):
             raise ValueError(f"model.contrast_pass must be 'shared' or 'separate', got {contrast_pass!r}")
@@ -54,6 +54,7 @@ class RetinaCLIP(nn.Module):
         self.mask_ratio = mask_ratio if decoder is not None else 0.0
         self.contrast_pass = contrast_pass
         self.volume_pool = volume_pool
+        self.input_norm = input_norm  # how images are normalised before the model (data.preprocess)
 
     # --- encoders --------------------------------------------------------------------------
     def encode_image(self, imgs: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -66,7 +66,8 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     model = build_model(cfg.model)
     objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
     dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
-                            pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0)
+                            pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0,
+                            augment=cfg.data.augment)
     trainer = LocalTrainer(model, objective, cfg.train, device, num_workers=cfg.data.num_workers)
     ckpt = run_dir / CHECKPOINT_DIR
     if cfg.resume and (ckpt / "trainer_state.pt").is_file():

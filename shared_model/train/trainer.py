@@ -78,7 +78,7 @@ class LocalTrainer:
     def train_step(self, batch: Batch) -> ObjectiveOutput:
         """Forward, loss, backward, clip, optimizer and schedule step on one batch."""
         self.model.train()
-        imgs = batch.images.to(self.device, non_blocking=True)
+        imgs = batch.model_input(self.device, self.model.input_norm)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(imgs, batch.texts)
             loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),

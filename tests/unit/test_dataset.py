@@ -10,6 +10,7 @@ from PIL import Image
 from shared_model.data.adapters import from_class_folders, from_flair_csv
 from shared_model.data.dataset import EpochBatchSampler, RetinaDataset, collate
 from shared_model.data.manifest import load_manifest, validate_table
+from shared_model.data.preprocess import normalize
 
 
 @pytest.fixture()
@@ -41,9 +42,18 @@ def test_pairs_are_other_modalities_of_the_same_eye(site):
 def test_items_are_reproducible_per_seed_and_vary_across_seeds(site):
     ds = RetinaDataset(site, 32, train=True, text_source="caption", pair_modalities=True)
     a, b, c = ds[(0, 7)], ds[(0, 7)], ds[(0, 8)]
-    assert torch.equal(a["image"], b["image"]) and a["text"] == b["text"]
-    assert not torch.equal(a["image"], c["image"])
+    assert torch.equal(a["aug"], b["aug"]) and a["text"] == b["text"]
+    assert not torch.equal(a["aug"], c["aug"])
     assert a["image"].shape == (3, 32, 32) and "partner" in a
+    seen = [collate([item]).model_input(torch.device("cpu"), "imagenet") for item in (a, b, c)]
+    assert torch.equal(seen[0], seen[1]) and not torch.equal(seen[0], seen[2])
+
+
+def test_evaluation_items_carry_no_augmentation(site):
+    item = RetinaDataset(site, 32, train=False)[(0, 7)]
+    batch = collate([item])
+    assert item["aug"] is None and batch.aug is None
+    assert torch.equal(batch.model_input(torch.device("cpu"), "imagenet"), normalize(item["image"])[None])
 
 
 def test_text_sources(site):
