@@ -179,6 +179,60 @@ class TrainAppConfig:
 
 
 @dataclass
+class StrategyConfig:
+    """The server's aggregation rule (Flower's strategies, ``server/strategy_registry.py``)."""
+
+    # fedavg | fedprox | fedadam | fedyogi | fedtrimmedavg | fedmedian | krum
+    name: str = "fedavg"
+    fraction_train: float = 1.0  # share of connected sites asked to train each round
+    fraction_evaluate: float = 1.0  # share asked to score the aggregate on their test split (0: none)
+    proximal_mu: float = 0.01  # FedProx: weight of the proximal term at the sites
+    server_lr: float = 0.01  # FedAdam / FedYogi: server learning rate (eta)
+    server_lr_local: float = 0.0316  # FedAdam / FedYogi: eta_l (client step size they assume)
+    beta_1: float = 0.9
+    beta_2: float = 0.99
+    tau: float = 1.0e-3  # FedAdam / FedYogi: adaptivity
+    trim_fraction: float = 0.2  # FedTrimmedAvg: share cut at each end per coordinate
+    byzantine_sites: int = 0  # Krum: how many sites may be malicious
+
+
+@dataclass
+class FederationConfig:
+    """Rounds, quorum and deadlines of a federated run, and the simulated federation."""
+
+    rounds: int = 3
+    min_sites: int = 2  # replies needed to aggregate a round (quorum)
+    min_available: int = 2  # connected sites needed before a round starts
+    connect_timeout: float = 300.0  # seconds to wait for min_available sites, then stop with a message
+    round_timeout: float = 600.0  # round deadline: replies later than this are not waited for
+    round_retries: int = 1  # a round without quorum is retried this often, then the run stops
+    evaluate_every: int = 1  # server-side evaluation of the aggregate every k rounds (0: only the last)
+    # Simulation (retina-sim): one virtual site per manifest (globs allowed); empty = the phantom sites.
+    sites: int = 3
+    site_manifests: list[str] = field(default_factory=list)
+    client_cpus: float = 1.0  # Ray resources per virtual site
+    client_gpus: float = 0.0  # fractional GPUs per virtual site, e.g. 0.25 = four sites per GPU
+    ray_address: Optional[str] = None  # attach to this Ray cluster instead of starting one locally
+
+
+@dataclass
+class FederationAppConfig:
+    """``retina-sim`` / ``retina-server``: a federated run. ``train`` is each site's local work per
+    round (``train.steps`` local steps); ``eval`` scores every aggregate at the server."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    strategy: StrategyConfig = field(default_factory=StrategyConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    run_dir: str = "runs/federation"
+    resume: bool = False
+
+
+@dataclass
 class EvalAppConfig:
     """``retina-eval``: the common evaluator on a checkpoint."""
 

@@ -27,7 +27,8 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -44,7 +45,7 @@ def save_checkpoint(model: RetinaCLIP, cfg: ModelConfig, out_dir: str | Path, ex
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     with atomic_path(out / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": FORMAT})
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
     write_json_atomic(out / CONFIG, {
         "format": FORMAT,
         "retinafl_version": shared_model.__version__,
@@ -80,7 +81,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     ckpt_dir = Path(ckpt_dir)
     cfg, meta = read_checkpoint_config(ckpt_dir)
     weights = ckpt_dir / WEIGHTS
-    if weights.is_file() and _sha256(weights) != meta.get("weights_sha256"):
+    if weights.is_file() and sha256_file(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights}: SHA-256 differs from {ckpt_dir / CONFIG} (truncated or replaced file)")
     model = build_model(cfg, pretrained_text=False)
     load_weights(model, weights)

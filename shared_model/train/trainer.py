@@ -2,8 +2,8 @@
 deterministic seeding, a rich progress bar with loss terms and images/s, and exact resumption
 from its own state (optimizer, schedule, data position, RNG).
 
-The same :class:`LocalTrainer` serves ``retina-train`` (centralized) and, later, a federated
-site's ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round.
+The same :class:`LocalTrainer` serves ``retina-train`` (centralized) and a federated site's
+ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from shared_model.data.dataset import Batch, EpochBatchSampler, RetinaDataset, c
 from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
 from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.train.optim import build_optimizer, build_scheduler
+from shared_model.train.proximal import ProximalTerm
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +64,9 @@ class LocalTrainer:
     """Trains a RetinaCLIP model with the EyeCLIP objective on a RetinaDataset."""
 
     def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
-                 total_steps: int | None = None, num_workers: int = 0):
+                 total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None):
         self.model = model.to(device)
+        self.proximal = proximal  # FedProx: added to the loss, anchored at the round's global weights
         self.objective = objective
         self.cfg = cfg
         self.device = device
@@ -83,8 +85,9 @@ class LocalTrainer:
             out = self.model(imgs, batch.texts)
             loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
                                   batch.pair_index.to(self.device))
+        total = loss.total if self.proximal is None else loss.total + self.proximal(self.model)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.total.backward()
+        total.backward()
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()

@@ -1,0 +1,120 @@
+"""A whole federated run at the coordinator, given a Flower Grid and the typed config: build
+the model and strategy, resume from the last complete round when asked, run the rounds, and
+after each one evaluate the aggregate with the common evaluator, checkpoint it, append a
+``metrics.jsonl`` line and print the round's row."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from flwr.app import ArrayRecord
+from flwr.serverapp import Grid
+from rich.console import Console
+
+from shared_model.config import FederationAppConfig
+from shared_model.eval.evaluate import evaluate_model
+from shared_model.eval.report import write_report
+from shared_model.model import build_model
+from shared_model.model.checkpoint import WEIGHTS, load_weights
+from shared_model.model.exchange import exchanged_state_dict, load_exchanged_state_dict
+from shared_model.train.trainer import resolve_device, seed_everything
+from server.round_checkpoint import ServerState, latest_round, load_strategy_state, save_round
+from server.rounds import RoundReport, run_rounds
+from server.strategy_registry import build_strategy, restore_strategy_state, strategy_state
+
+log = logging.getLogger(__name__)
+
+METRICS_FILE = "metrics.jsonl"
+# Reply metrics that measure time, not the model: kept in metrics.jsonl, left out of the history
+# stored in checkpoints, so a resumed run's history equals an uninterrupted one's.
+TIMING_KEYS = ("seconds",)
+
+
+def _deterministic(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if k not in TIMING_KEYS}
+
+
+def zero_shot_summary(results: dict) -> dict:
+    """``{task: {"aca": .., "auc": ..}}`` from the common evaluator's results."""
+    return {task: {"aca": m["aca"], "auc": m.get("auc")} for task, m in results.get("zero_shot", {}).items()}
+
+
+def history_record(report: RoundReport, server_eval: dict | None) -> dict:
+    """The round's deterministic record (what a resumed run must reproduce exactly)."""
+    return {"round": report.round,
+            "sites": {name: _deterministic(m) for name, m in report.sites.items()},
+            "train": _deterministic(report.train_metrics),
+            "federated_eval": _deterministic(report.evaluate_metrics),
+            "site_eval": {name: _deterministic(m) for name, m in report.site_evaluations.items()},
+            "server_eval": server_eval,
+            "rejected": report.rejected, "attempts": report.attempts,
+            "bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received}
+
+
+def round_row(record: dict, seconds: float) -> str:
+    """One printable line: loss terms per site, aggregate zero-shot ACA, time, bytes moved."""
+    sites = "  ".join(f"{name}: " + " ".join(f"{k.removeprefix('loss.')}={v:.3f}" for k, v in m.items()
+                                              if k.startswith("loss.") and k != "loss.total")
+                      for name, m in record["sites"].items())
+    aca = ", ".join(f"{task} ACA {v['aca']:.3f}" for task, v in (record["server_eval"] or {}).items())
+    moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
+    return f"round {record['round']}: {sites} | {aca or 'not evaluated'} | {seconds:.1f} s | {moved:.1f} MiB"
+
+
+def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
+    """Run (or resume) the federated training described by ``cfg`` over ``grid``."""
+    console = console or Console()
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.train.seed)
+    device = resolve_device(cfg.train.device)
+    model = build_model(cfg.model)
+    strategy = build_strategy(cfg.strategy, cfg.federation)
+    state = ServerState(0, [], cfg.strategy.name)
+    found = latest_round(run_dir)
+    if found is not None and not cfg.resume:
+        raise ValueError(f"{run_dir} already holds round checkpoints (up to {found[0].name}); "
+                         "pass resume=true to continue that run, or choose another run_dir")
+    if found is not None:
+        folder, state = found
+        if state.strategy != cfg.strategy.name:
+            raise ValueError(f"{folder}: written by strategy {state.strategy!r}, config asks for {cfg.strategy.name!r}")
+        load_weights(model, folder / WEIGHTS)
+        restore_strategy_state(strategy, load_strategy_state(folder))
+        console.print(f"resuming {run_dir} after round {state.round}")
+    arrays = ArrayRecord(exchanged_state_dict(model))
+    model.to(device)
+    last_results: dict = {}
+
+    def after_round(aggregate: ArrayRecord, report: RoundReport) -> None:
+        load_exchanged_state_dict(model, aggregate.to_torch_state_dict())
+        due = report.round == cfg.federation.rounds or (
+            cfg.federation.evaluate_every > 0 and report.round % cfg.federation.evaluate_every == 0)
+        server_eval = None
+        if due and cfg.eval.sets:
+            start = time.perf_counter()
+            last_results.clear()
+            last_results.update(evaluate_model(model, cfg.eval, cfg.model.image.image_size, device))
+            server_eval = zero_shot_summary(last_results)
+            report.seconds += time.perf_counter() - start
+        record = history_record(report, server_eval)
+        state.round = report.round
+        state.history.append(record)
+        save_round(run_dir, model.to("cpu"), cfg.model, strategy_state(strategy), state)
+        model.to(device)
+        timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
+        with open(run_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps({**record, **timings}) + "\n")
+        console.print(round_row(record, report.seconds))
+
+    run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_round,
+               federated_eval=cfg.strategy.fraction_evaluate > 0)
+    if last_results:
+        write_report({**last_results, "meta": {"round": state.round, "strategy": cfg.strategy.name,
+                                               "config": asdict(cfg.federation)}},
+                     run_dir / "eval", f"RetinaFL {cfg.model.name} — {cfg.strategy.name}, round {state.round}")
+    return state

@@ -1,0 +1,107 @@
+"""Per-round checkpoints of a federated run, for resumption and for publishing aggregates.
+
+``RUN_DIR/checkpoints/round_NNNN/`` holds the global model as a RetinaFL checkpoint
+(``model.safetensors`` + ``config.json``, loadable by ``retina-eval``), the strategy's state
+(``strategy_state.safetensors``: FedAdam/FedYogi moments) and ``server_state.json`` (round,
+metrics history, privacy ledger, SHA-256 of every file). A round is written into a temporary
+folder that is renamed into place only when complete, so a crash leaves either the whole round
+or nothing; at load time the hashes catch a file truncated afterwards, and the previous round is
+used instead.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from shared_model.atomic_files import write_json_atomic
+from shared_model.config import ModelConfig
+from shared_model.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint, sha256_file
+from shared_model.model.retina_clip import RetinaCLIP
+
+log = logging.getLogger(__name__)
+
+FORMAT = "retinafl-round/1"
+STATE_FILE = "server_state.json"
+STRATEGY_FILE = "strategy_state.safetensors"
+KEEP_ROUNDS = 3
+
+
+class RoundCheckpointError(ValueError):
+    """A round checkpoint is missing, incomplete or corrupt."""
+
+
+@dataclass
+class ServerState:
+    """What the coordinator needs besides weights to continue a run."""
+
+    round: int
+    history: list[dict] = field(default_factory=list)  # one deterministic record per round
+    strategy: str = "fedavg"
+    # Issue 4 fills this with the per-round privacy accounting; kept in every checkpoint now.
+    privacy: dict = field(default_factory=lambda: {"mode": "none", "rounds": []})
+
+
+def round_dir(run_dir: Path, server_round: int) -> Path:
+    return run_dir / "checkpoints" / f"round_{server_round:04d}"
+
+
+def save_round(run_dir: Path, model: RetinaCLIP, model_cfg: ModelConfig, strategy_state: dict[str, np.ndarray],
+               state: ServerState) -> Path:
+    """Write round ``state.round`` completely, then rename it into place; keeps the last rounds."""
+    from safetensors.numpy import save_file
+
+    final = round_dir(run_dir, state.round)
+    tmp = final.with_name(final.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    save_checkpoint(model, model_cfg, tmp, extra={"round": state.round})
+    save_file(strategy_state, str(tmp / STRATEGY_FILE), metadata={"format": FORMAT})
+    files = {name: sha256_file(tmp / name) for name in (WEIGHTS, CONFIG, STRATEGY_FILE)}
+    write_json_atomic(tmp / STATE_FILE, {"format": FORMAT, "round": state.round, "strategy": state.strategy,
+                                         "history": state.history, "privacy": state.privacy, "files": files})
+    for path in tmp.iterdir():
+        with open(path, "rb") as fh:
+            os.fsync(fh.fileno())
+    if final.exists():  # a round redone after a resume replaces its earlier copy
+        shutil.rmtree(final)
+    os.replace(tmp, final)
+    for old in sorted(final.parent.glob("round_[0-9][0-9][0-9][0-9]"))[:-KEEP_ROUNDS]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def verify_round(folder: Path) -> ServerState:
+    """Read a round folder's state, checking every file against its recorded SHA-256."""
+    path = folder / STATE_FILE
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RoundCheckpointError(f"{path}: unreadable ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise RoundCheckpointError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    for name, digest in meta["files"].items():
+        if not (folder / name).is_file() or sha256_file(folder / name) != digest:
+            raise RoundCheckpointError(f"{folder / name}: missing or SHA-256 differs (truncated or replaced)")
+    return ServerState(meta["round"], meta["history"], meta["strategy"], meta["privacy"])
+
+
+def latest_round(run_dir: Path) -> tuple[Path, ServerState] | None:
+    """The newest round checkpoint that verifies; corrupt newer ones are reported and skipped."""
+    for folder in sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9]"), reverse=True):
+        try:
+            return folder, verify_round(folder)
+        except RoundCheckpointError as exc:
+            log.warning("skipping corrupt round checkpoint: %s", exc)
+    return None
+
+
+def load_strategy_state(folder: Path) -> dict[str, np.ndarray]:
+    from safetensors.numpy import load_file
+
+    return load_file(str(folder / STRATEGY_FILE))

@@ -1,0 +1,110 @@
+"""The round loop's guarantees, against an in-process Grid with scripted sites: quorum, retries,
+deadline (a silent site), stale and non-finite replies, and the aggregate itself."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from in_process_grid import InProcessGrid  # noqa: E402
+
+from server.rounds import QuorumError, run_rounds, screen_replies, train_round  # noqa: E402
+from server.strategy_registry import build_strategy  # noqa: E402
+from shared_model.config import FederationConfig, StrategyConfig  # noqa: E402
+
+GLOBAL = {"w": torch.zeros(4), "b": torch.ones(2)}
+
+
+def fed(**kw) -> FederationConfig:
+    base = dict(rounds=1, min_sites=2, min_available=2, connect_timeout=0.5, round_timeout=1.0, round_retries=1)
+    return FederationConfig(**{**base, **kw})
+
+
+def site(name: str, value: float, n: int = 10, round_shift: int = 0, silent: bool = False):
+    """A site that returns every weight filled with ``value`` for ``n`` examples."""
+    calls = []
+
+    def handle(msg: Message) -> Message | None:
+        calls.append(msg)
+        if silent:
+            return None
+        rnd = int(msg.content["config"]["server-round"]) + round_shift
+        if msg.metadata.message_type != "train":
+            metrics = MetricRecord({"num-examples": n, "server-round": rnd, "zero-shot-aca": value})
+            return Message(RecordDict({"metrics": metrics, "site": ConfigRecord({"name": name})}), reply_to=msg)
+        arrays = ArrayRecord({k: torch.full_like(v, value) for k, v in GLOBAL.items()})
+        metrics = MetricRecord({"num-examples": n, "server-round": rnd, "loss.total": value})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics, "site": ConfigRecord({"name": name})}),
+                       reply_to=msg)
+
+    handle.calls = calls
+    return handle
+
+
+def test_fedavg_weights_by_examples_and_reports_sites():
+    grid = InProcessGrid({1: site("a", 1.0, n=10), 2: site("b", 4.0, n=30)})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    assert np.allclose(aggregate["w"].numpy(), (1.0 * 10 + 4.0 * 30) / 40)
+    assert sorted(report.sites) == ["a", "b"] and report.rejected == []
+    assert report.bytes_received == report.bytes_sent > 0  # same model size both ways
+
+
+def test_silent_site_does_not_hang_the_round_when_quorum_holds():
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("c", 9.0, silent=True)})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    assert np.allclose(aggregate["w"].numpy(), 2.0)
+    assert any("did not reply" in r for r in report.rejected)
+
+
+def test_below_quorum_retries_then_stops_with_weights_untouched():
+    silent = site("b", 3.0, silent=True)
+    grid = InProcessGrid({1: site("a", 1.0), 2: silent})
+    arrays = ArrayRecord(GLOBAL)
+    kept = {k: v.numpy().copy() for k, v in arrays.items()}
+    seen = []
+    with pytest.raises(QuorumError, match="quorum not met"):
+        run_rounds(grid, build_strategy(StrategyConfig(), fed()), arrays, 1, fed(round_retries=2), 0,
+                   lambda a, r: seen.append(r))
+    assert seen == [] and len(silent.calls) == 3  # three attempts, no round completed
+    assert all(np.array_equal(arrays[k].numpy(), kept[k]) for k in kept)
+
+
+def test_too_few_connected_sites_stop_after_the_connect_timeout():
+    grid = InProcessGrid({1: site("a", 1.0)})
+    with pytest.raises(QuorumError, match="connect_timeout"):
+        train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+
+
+def test_stale_and_non_finite_replies_are_discarded_and_the_rest_aggregated():
+    def nan_site(msg):
+        reply = site("nan", 0.0)(msg)
+        reply.content["arrays"] = ArrayRecord({"w": torch.full((4,), float("nan")), "b": torch.ones(2)})
+        return reply
+
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("old", 50.0, round_shift=-1), 4: nan_site})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 2, fed(), 0)
+    assert np.allclose(aggregate["w"].numpy(), 2.0)
+    assert any("stale" in r and r.startswith("old") for r in report.rejected)
+    assert any("non-finite" in r and r.startswith("nan") for r in report.rejected)
+
+
+def test_screening_rejects_wrong_weight_names():
+    grid = InProcessGrid({1: site("a", 1.0)})
+    msgs = build_strategy(StrategyConfig(), fed(min_sites=1, min_available=1)).configure_train(
+        1, ArrayRecord(GLOBAL), ConfigRecord(), grid)
+    replies = [grid.handlers[1](m) for m in msgs]
+    accepted, rejected = screen_replies(replies, 1, {"w", "b", "extra"})
+    assert accepted == [] and "weight names" in rejected[0]
+
+
+def test_median_resists_one_outlying_site():
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 1.2), 3: site("evil", 1e6)})
+    strategy = build_strategy(StrategyConfig(name="fedmedian"), fed())
+    aggregate, _ = train_round(grid, strategy, ArrayRecord(GLOBAL), 1, fed(), 0)
+    assert np.allclose(aggregate["w"].numpy(), 1.2)
