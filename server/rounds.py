@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
@@ -53,6 +53,13 @@ class RoundReport:
 
 def arrays_nbytes(arrays: ArrayRecord) -> int:
     return sum(len(array.data) for array in arrays.values())
+
+
+def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` in the dtypes of ``reference``: server optimizers (FedAdam, FedYogi) compute in
+    float64, but the global model — what is checkpointed and sent — stays in its own dtype, so a
+    resumed run continues from exactly what an uninterrupted one holds."""
+    return ArrayRecord({k: Array(v.numpy().astype(reference[k].numpy().dtype, copy=False)) for k, v in arrays.items()})
 
 
 def wait_for_sites(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -> list[int]:
@@ -142,6 +149,7 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
     aggregate, metrics = strategy.aggregate_train(server_round, accepted)
     if aggregate is None:
         raise QuorumError(f"round {server_round}: the strategy produced no aggregate")
+    aggregate = cast_like(aggregate, arrays)
     report.sites = {site_name(m): dict(next(iter(m.content.metric_records.values()))) for m in accepted}
     report.train_metrics = dict(metrics or {})
     return aggregate, report

@@ -44,7 +44,7 @@ def strategy_state(strategy: Strategy) -> dict[str, np.ndarray]:
     state = {}
     for attr in STATE_ATTRIBUTES:
         for name, value in (getattr(strategy, attr, None) or {}).items():
-            state[f"{attr}/{name}"] = np.ascontiguousarray(value)
+            state[f"{attr}/{name}"] = np.array(value, order="C")  # ascontiguousarray would make 0-d arrays 1-d
     return state
 
 

@@ -1,0 +1,107 @@
+"""A whole federated run in-process (real ClientApp code, tiny model, in-process Grid):
+resume equals an uninterrupted run, checkpoints are verified, a finished run is not overwritten,
+and one-site FedAvg equals local training."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from flwr.app import Message
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
+from in_process_grid import InProcessGrid, client_app_handler  # noqa: E402
+
+from server.federation import run_federation  # noqa: E402
+from server.round_checkpoint import STATE_FILE, STRATEGY_FILE, latest_round, verify_round  # noqa: E402
+from server.rounds import QuorumError  # noqa: E402
+from shared_model.model.checkpoint import WEIGHTS, sha256_file  # noqa: E402
+from shared_model.run_config import flatten_config  # noqa: E402
+from conftest import compose_app  # noqa: E402
+
+
+def federation_cfg(phantom: Path, run_dir: Path, *extra: str):
+    return compose_app("federation", [
+        f"phantom.root={phantom}", "phantom.sites=2", "phantom.images_per_site=40", "phantom.heldout_images=30",
+        f"run_dir={run_dir}", "federation.rounds=3", "federation.round_retries=0", "federation.connect_timeout=1",
+        "train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
+        "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]", *extra])
+
+
+def grid_for(cfg, fail_from_round: int | None = None) -> InProcessGrid:
+    flat = flatten_config(cfg)
+    handlers = {}
+    for index, node in enumerate((101, 202)):
+        real = client_app_handler(node, {"partition-id": index, "num-partitions": 2}, flat)
+
+        def handle(msg: Message, real=real):
+            if fail_from_round is not None and int(msg.content["config"]["server-round"]) >= fail_from_round:
+                return None  # the site is gone
+            return real(msg)
+
+        handlers[node] = handle
+    return InProcessGrid(handlers)
+
+
+def fingerprint(run_dir: Path) -> tuple:
+    folder, state = latest_round(run_dir)
+    return state.round, sha256_file(folder / WEIGHTS), sha256_file(folder / STRATEGY_FILE), json.dumps(state.history)
+
+
+def test_resume_equals_uninterrupted_run(small_phantom, tmp_path):
+    straight = federation_cfg(small_phantom, tmp_path / "straight", "strategy=fedadam")
+    run_federation(grid_for(straight), straight)
+
+    interrupted = federation_cfg(small_phantom, tmp_path / "resumed", "strategy=fedadam")
+    with pytest.raises(QuorumError, match="round 3: quorum not met"):
+        run_federation(grid_for(interrupted, fail_from_round=3), interrupted)
+    assert latest_round(tmp_path / "resumed")[1].round == 2
+    resumed = federation_cfg(small_phantom, tmp_path / "resumed", "strategy=fedadam", "resume=true")
+    run_federation(grid_for(resumed), resumed)
+
+    a, b = fingerprint(tmp_path / "straight"), fingerprint(tmp_path / "resumed")
+    assert a[0] == b[0] == 3
+    assert a == b  # weights, FedAdam moments and the metrics history, bit for bit
+    history = json.loads(a[3])
+    assert sorted(history[-1]["sites"]) == ["site_0", "site_1"]
+    assert history[-1]["server_eval"]["heldout/CFP"]["aca"] >= 0
+    assert 0 <= history[-1]["federated_eval"]["zero-shot-aca"] <= 1
+    assert all(m["num-examples"] > 0 for m in history[-1]["site_eval"].values())
+
+    # A truncated newest checkpoint is detected and the previous round is used instead.
+    newest = tmp_path / "straight" / "checkpoints" / "round_0003" / WEIGHTS
+    newest.write_bytes(newest.read_bytes()[:1000])
+    folder, state = latest_round(tmp_path / "straight")
+    assert state.round == 2 and folder.name == "round_0002"
+    with pytest.raises(ValueError, match="SHA-256"):
+        verify_round(newest.parent)
+
+    # A run folder with checkpoints is never silently overwritten.
+    with pytest.raises(ValueError, match="resume=true"):
+        run_federation(grid_for(straight), straight)
+
+
+def test_one_site_fedavg_equals_local_training(small_phantom, tmp_path):
+    """One site, one round of FedAvg == the same local steps on that site alone."""
+    from client.site_training import Site, train_round
+    from shared_model.model import build_model
+    from shared_model.model.exchange import exchanged_state_dict
+    from shared_model.train.trainer import seed_everything
+
+    cfg = federation_cfg(small_phantom, tmp_path / "fed", "federation.rounds=1", "federation.min_sites=1",
+                         "federation.min_available=1", "eval=none", "strategy.fraction_evaluate=0")
+    flat = flatten_config(cfg)
+    run_federation(InProcessGrid({7: client_app_handler(7, {"partition-id": 0, "num-partitions": 1}, flat)}), cfg)
+    folder, _ = latest_round(tmp_path / "fed")
+    from safetensors.torch import load_file
+    federated = load_file(str(folder / WEIGHTS))
+
+    seed_everything(cfg.train.seed)
+    initial = exchanged_state_dict(build_model(cfg.model))
+    site = Site("site_0", [str(small_phantom / "site_0" / "manifest.csv")], tmp_path / "alone", cfg.train.device)
+    local, _ = train_round(cfg, site, initial, 1)
+    for name, tensor in local.items():
+        assert torch.equal(tensor, federated[name]), name
