@@ -7,18 +7,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from shared_model.config import FederationAppConfig
-from shared_model.data.manifest import expand_manifest_paths
+from shared_model.data.sites import simulated_site_manifests
 from client.site_training import Site
 
 NODE_KEYS = ("site-name", "manifest", "state-dir", "device")
-
-
-def simulated_site_manifests(cfg: FederationAppConfig) -> list[str]:
-    """One manifest per simulated site: ``federation.site_manifests`` (globs expanded, in order)
-    or the phantom's ``site_k`` manifests."""
-    if cfg.federation.site_manifests:
-        return [str(p) for p in expand_manifest_paths(cfg.federation.site_manifests)]
-    return [str(Path(cfg.phantom.root) / f"site_{k}" / "manifest.csv") for k in range(cfg.federation.sites)]
 
 
 def site_from_node_config(node_config: dict, cfg: FederationAppConfig) -> Site:

@@ -210,9 +210,9 @@ class FederationConfig:
     # Simulation (retina-sim): one virtual site per manifest (globs allowed); empty = the phantom sites.
     sites: int = 3
     site_manifests: list[str] = field(default_factory=list)
-    client_cpus: float = 1.0  # Ray resources per virtual site
+    client_cpus: int = 1  # Ray CPUs per virtual site (Flower takes whole CPUs)
     client_gpus: float = 0.0  # fractional GPUs per virtual site, e.g. 0.25 = four sites per GPU
-    ray_address: Optional[str] = None  # attach to this Ray cluster instead of starting one locally
+    ray_address: Optional[str] = None  # attach to this Ray cluster (RAY_ADDRESS) instead of starting one
 
 
 @dataclass

@@ -11,15 +11,17 @@ from rich.console import Console
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Exit with status 2 and the error's message for input problems; let real bugs raise."""
+def user_errors(*extra: type[BaseException]) -> Iterator[None]:
+    """Exit with status 2 and the error's message for input problems (and the ``extra`` error
+    types a command names, e.g. a failed federated run); let real bugs raise."""
     from shared_model.data.manifest import ManifestError
     from shared_model.data.readers import ImageReadError
     from shared_model.model.state_dicts import CheckpointError
 
     try:
         yield
-    except (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError,
+            *extra) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
         sys.exit(2)
 

@@ -5,22 +5,20 @@ and one-site FedAvg equals local training."""
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from flwr.app import Message
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from in_process_grid import InProcessGrid, client_app_handler  # noqa: E402
+from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler
 
-from server.federation import run_federation  # noqa: E402
-from server.round_checkpoint import STATE_FILE, STRATEGY_FILE, latest_round, verify_round  # noqa: E402
-from server.rounds import QuorumError  # noqa: E402
-from shared_model.model.checkpoint import WEIGHTS, sha256_file  # noqa: E402
-from shared_model.run_config import flatten_config  # noqa: E402
-from conftest import compose_app  # noqa: E402
+from server.federation import run_federation
+from server.round_checkpoint import STATE_FILE, STRATEGY_FILE, latest_round, verify_round
+from server.rounds import QuorumError
+from shared_model.model.checkpoint import WEIGHTS, sha256_file
+from shared_model.run_config import flatten_config
+from tests.conftest import compose_app
 
 
 def federation_cfg(phantom: Path, run_dir: Path, *extra: str):

@@ -3,20 +3,17 @@ deadline (a silent site), stale and non-finite replies, and the aggregate itself
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "fixtures"))
-from in_process_grid import InProcessGrid  # noqa: E402
+from tests.fixtures.in_process_grid import InProcessGrid
 
-from server.rounds import QuorumError, run_rounds, screen_replies, train_round  # noqa: E402
-from server.strategy_registry import build_strategy  # noqa: E402
-from shared_model.config import FederationConfig, StrategyConfig  # noqa: E402
+from server.rounds import QuorumError, run_rounds, screen_replies, train_round
+from server.strategy_registry import build_strategy
+from shared_model.config import FederationConfig, StrategyConfig
 
 GLOBAL = {"w": torch.zeros(4), "b": torch.ones(2)}
 

@@ -1,0 +1,183 @@
+"""Driving Flower's own processes from our commands: the environment every Flower process gets
+(air-gapped: no runtime dependency install, no update check, no telemetry), the connection file
+``$FLWR_HOME/config.toml``, submitting a run with ``flwr run`` and waiting for its final status.
+
+``flwr run`` returns once a run is submitted and its exit code does not say whether the run
+succeeded, so :func:`wait_for_run` polls ``flwr ls --format json`` for the run's status, with a
+deadline, and raises with Flower's status details when the run failed or stopped.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomli_w
+
+from shared_model.atomic_files import write_text_atomic
+
+FINISHED = "finished:completed"
+
+
+class FlowerRunError(RuntimeError):
+    """A Flower run failed, was stopped, or did not finish in time."""
+
+
+def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Environment for flwr / flower-* processes: our FLWR_HOME, offline switches, and this
+    interpreter's bin folder first on PATH (Flower starts its helper processes by bare name)."""
+    env = dict(os.environ)
+    env.update({
+        "FLWR_HOME": str(home),
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
+    })
+    env.update(extra or {})
+    return env
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class Connection:
+    """One ``[superlink.NAME]`` entry: ``:local:`` (simulation) or ``HOST:PORT`` of a SuperLink."""
+
+    name: str
+    address: str
+    insecure: bool = False
+    root_certificates: str | None = None
+
+
+def write_connections(home: Path, connections: list[Connection]) -> Path:
+    """Write ``$FLWR_HOME/config.toml`` with the given SuperLink connections (first = default)."""
+    home.mkdir(parents=True, exist_ok=True)
+    table: dict = {"superlink": {"default": connections[0].name}}
+    for conn in connections:
+        entry: dict = {"address": conn.address}
+        if conn.insecure:
+            entry["insecure"] = True
+        if conn.root_certificates:
+            entry["root-certificates"] = conn.root_certificates
+        table["superlink"][conn.name] = entry
+    path = home / "config.toml"
+    write_text_atomic(path, tomli_w.dumps(table))
+    return path
+
+
+def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
+    proc = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise FlowerRunError(f"flwr {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+    return proc.stdout
+
+
+def _json_tail(text: str) -> dict:
+    start = text.find("{")
+    if start < 0:
+        raise FlowerRunError(f"flwr printed no JSON: {text.strip()[:500]}")
+    return json.loads(text[start:])
+
+
+def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_config: dict | None = None) -> int:
+    """``flwr run APP CONNECTION`` -> the new run's id."""
+    args = ["run", str(app_dir), connection, "--format", "json"]
+    if federation_config:
+        args += ["--federation-config", " ".join(f"{k}={json.dumps(v)}" for k, v in federation_config.items())]
+    reply = _json_tail(_flwr(args, env))
+    if not reply.get("success", False) or "run-id" not in reply:
+        raise FlowerRunError(f"flwr run was refused: {reply}")
+    return int(reply["run-id"])
+
+
+def run_status(run_id: int, connection: str, env: dict[str, str]) -> tuple[str, str]:
+    """(status, details) of a run, e.g. ("finished:failed", "Simulation failed with exception ...")."""
+    runs = _json_tail(_flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], env)).get("runs", [])
+    if not runs:
+        raise FlowerRunError(f"run {run_id} is unknown to SuperLink {connection!r}")
+    return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))
+
+
+def wait_for_run(run_id: int, connection: str, env: dict[str, str], timeout: float, poll: float = 2.0,
+                 on_poll=None) -> None:
+    """Block until the run finishes; FlowerRunError unless it completed (or after ``timeout`` s).
+    ``on_poll()`` runs at every poll (e.g. to print rounds as they complete)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if on_poll is not None:
+            on_poll()
+        status, details = run_status(run_id, connection, env)
+        if status == FINISHED:
+            return
+        if status.startswith("finished"):
+            raise FlowerRunError(f"run {run_id} {status}: {details}")
+        if time.monotonic() > deadline:
+            _flwr(["stop", str(run_id), connection], env)
+            raise FlowerRunError(f"run {run_id} still {status} after {timeout:.0f} s; stopped")
+        time.sleep(poll)
+
+
+def run_logs(run_id: int, connection: str, env: dict[str, str]) -> str:
+    """What the run's ServerApp (and, in simulation, its ClientApps) printed."""
+    try:
+        return _flwr(["log", str(run_id), connection, "--show"], env, timeout=60)
+    except (FlowerRunError, subprocess.TimeoutExpired) as exc:
+        return f"(logs unavailable: {exc})"
+
+
+def stop_process(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM a process we started, SIGKILL it if it has not exited after ``timeout`` s."""
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            finished, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:  # not our child: poll for its disappearance instead
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            finished = 0
+        if finished:
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def local_superlink_pids(home: Path) -> list[int]:
+    """PIDs of the local (simulation) SuperLink that ``flwr run`` started for this FLWR_HOME."""
+    marker = str(home / "local-superlink")
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if "flower-superlink" in cmdline and marker in cmdline:
+                pids.append(int(proc.name))
+    return pids
