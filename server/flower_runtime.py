@@ -1,6 +1,6 @@
-"""Driving Flower's own processes from our commands: the environment every Flower process gets
-(air-gapped: no runtime dependency install, no update check, no telemetry), the connection file
-``$FLWR_HOME/config.toml``, submitting a run with ``flwr run`` and waiting for its final status.
+"""Driving Flower's own processes from our commands (in the environment of
+``shared_model.offline_env``): the connection file ``$FLWR_HOME/config.toml``, submitting a run
+with ``flwr run`` and waiting for its final status.
 
 ``flwr run`` returns once a run is submitted and its exit code does not say whether the run
 succeeded, so :func:`wait_for_run` polls ``flwr ls --format json`` for the run's status, with a
@@ -28,25 +28,6 @@ FINISHED = "finished:completed"
 
 class FlowerRunError(RuntimeError):
     """A Flower run failed, was stopped, or did not finish in time."""
-
-
-def flower_env(home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
-    """Environment for flwr / flower-* processes: our FLWR_HOME, offline switches, and this
-    interpreter's bin folder first on PATH (Flower starts its helper processes by bare name)."""
-    env = dict(os.environ)
-    env.update({
-        "FLWR_HOME": str(home),
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "PATH": str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", ""),
-    })
-    env.update(extra or {})
-    return env
 
 
 def free_port() -> int:
@@ -97,6 +78,11 @@ def _json_tail(text: str) -> dict:
     return json.loads(text[start:])
 
 
+def flwr_json(args: list[str], env: dict[str, str]) -> dict:
+    """``flwr ARGS --format json`` parsed."""
+    return _json_tail(_flwr([*args, "--format", "json"], env))
+
+
 def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_config: dict | None = None) -> int:
     """``flwr run APP CONNECTION`` -> the new run's id."""
     args = ["run", str(app_dir), connection, "--format", "json"]
@@ -110,7 +96,7 @@ def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_c
 
 def run_status(run_id: int, connection: str, env: dict[str, str]) -> tuple[str, str]:
     """(status, details) of a run, e.g. ("finished:failed", "Simulation failed with exception ...")."""
-    runs = _json_tail(_flwr(["ls", connection, "--run-id", str(run_id), "--format", "json"], env)).get("runs", [])
+    runs = flwr_json(["ls", connection, "--run-id", str(run_id)], env).get("runs", [])
     if not runs:
         raise FlowerRunError(f"run {run_id} is unknown to SuperLink {connection!r}")
     return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))

@@ -14,7 +14,7 @@ from flwr.app import Message
 from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler
 
 from server.federation import run_federation
-from server.round_checkpoint import STATE_FILE, STRATEGY_FILE, latest_round, verify_round
+from server.round_checkpoint import STRATEGY_FILE, latest_round, verify_round
 from server.rounds import QuorumError
 from shared_model.model.checkpoint import WEIGHTS, sha256_file
 from shared_model.run_config import flatten_config

@@ -1,0 +1,168 @@
+"""``retina-server``: the coordinator's commands.
+
+  retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir DIR | --insecure)
+  retina-server run --superlink HOST:PORT (--root-certificates ca.crt | --insecure) [HYDRA OVERRIDES ...]
+  retina-server run --superlink HOST:PORT ... --resume RUN_DIR [HYDRA OVERRIDES ...]
+  retina-server status --superlink HOST:PORT (--root-certificates ca.crt | --insecure) [--run-dir RUN_DIR]
+
+``superlink`` becomes Flower's SuperLink (same PID), its state in ``STATE_DIR/state.db`` so a
+restart remembers runs; one port serves sites, the run API and ``status``. ``run`` launches the
+federated run (the config is composed like ``retina-sim``'s), prints rounds as they complete and
+waits for the end; ``--resume`` continues a run folder from its last complete round. ``status``
+lists connected sites and runs, and the current round and last metrics of a run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+from rich.console import Console
+from rich.table import Table
+
+TLS_FILES = ("ca.crt", "server.pem", "server.key")
+
+
+def _security(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_mutually_exclusive_group(required=True)
+    group.add_argument("--root-certificates", help="CA certificate of the SuperLink's TLS certificate")
+    group.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+
+
+def superlink_command(args: argparse.Namespace) -> list[str]:
+    """The ``flower-superlink`` command line of the coordinator."""
+    state_dir = Path(args.state_dir).resolve()
+    command = [str(Path(sys.executable).parent / "flower-superlink"), "--database", str(state_dir / "state.db"),
+               "--host", args.host, "--port", str(args.port), "--disable-runtime-dependency-installation"]
+    if args.insecure:
+        return command + ["--insecure"]
+    certs = Path(args.certs_dir).resolve()
+    missing = [name for name in TLS_FILES if not (certs / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{certs}: missing {', '.join(missing)} (make them with retina-server pki)")
+    return command + ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
+                      "--ssl-keyfile", str(certs / "server.key")]
+
+
+def _superlink(args: argparse.Namespace) -> NoReturn:
+    from shared_model.offline_env import offline_env
+
+    state_dir = Path(args.state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    command = superlink_command(args)
+    Console().print(f"SuperLink on {args.host}:{args.port}, state in {state_dir / 'state.db'}", highlight=False)
+    sys.stdout.flush()
+    os.execve(command[0], command, offline_env(state_dir / "flwr-home"))
+
+
+def _connection(args: argparse.Namespace):
+    from server.flower_runtime import Connection
+
+    return Connection("coordinator", args.superlink, insecure=args.insecure,
+                      root_certificates=str(Path(args.root_certificates).resolve()) if args.root_certificates else None)
+
+
+def compose_run_config(overrides: list[str], resume: Path | None):
+    """The typed run config: Hydra composition of ``federation`` with ``overrides``, or, with
+    ``resume``, that run folder's saved ``config.yaml`` with the overrides applied on top."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from shared_model.conf import CONFIG_MODULE, register_configs
+    from shared_model.config import FederationAppConfig
+
+    if resume is None:
+        register_configs()
+        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+            return OmegaConf.to_object(compose("federation", overrides=overrides))
+    saved = resume / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved}: not found; --resume needs a run folder written by retina-server run")
+    cfg = OmegaConf.merge(OmegaConf.structured(FederationAppConfig), OmegaConf.load(saved),
+                          OmegaConf.from_dotlist(overrides), {"resume": True, "run_dir": str(resume.resolve())})
+    return OmegaConf.to_object(cfg)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from shared_model.data.embedded import ensure_phantom
+    from server.launch import launch_run, with_absolute_paths
+
+    cfg = with_absolute_paths(compose_run_config(args.overrides, args.resume))
+    if cfg.phantom.ensure and cfg.eval.sets:
+        ensure_phantom(cfg.phantom)  # the default held-out evaluation set lives at the coordinator
+    launch_run(cfg, _connection(args))
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    from shared_model.offline_env import offline_env
+    from server.flower_runtime import flwr_json, write_connections
+    from server.launch import read_metrics
+
+    console = Console()
+    home = Path(args.run_dir or ".").resolve() / "flwr-home-status"
+    conn = _connection(args)
+    write_connections(home, [conn])
+    env = offline_env(home)
+    nodes = flwr_json(["supernode", "ls", conn.name], env).get("nodes", [])
+    table = Table(title=f"sites at {args.superlink}")
+    for column in ("node id", "status", "online since"):
+        table.add_column(column)
+    for node in nodes:
+        table.add_row(str(node.get("node-id")), str(node.get("status")), str(node.get("online-at", "")))
+    console.print(table)
+    runs = flwr_json(["ls", conn.name], env).get("runs", [])
+    table = Table(title="runs")
+    for column in ("run id", "status", "details"):
+        table.add_column(column)
+    for run in runs:
+        table.add_row(str(run.get("run-id")), str(run.get("status")), str(run.get("status-details", "")))
+    console.print(table)
+    if args.run_dir:
+        records = read_metrics(Path(args.run_dir))
+        if records:
+            last = records[-1]
+            aca = ", ".join(f"{k} {v['aca']:.3f}" for k, v in (last.get("server_eval") or {}).items()) or "not evaluated"
+            console.print(f"{args.run_dir}: round {last['round']} complete; sites {sorted(last['sites'])}; "
+                          f"zero-shot ACA {aca}", highlight=False, soft_wrap=True)
+        else:
+            console.print(f"{args.run_dir}: no round complete yet", highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="retina-server", description="RetinaFL coordinator")
+    commands = parser.add_subparsers(dest="command", required=True)
+    link = commands.add_parser("superlink", help="run Flower's SuperLink for this federation")
+    link.add_argument("--state-dir", required=True, help="folder of the SuperLink's database (kept across restarts)")
+    link.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for remote sites)")
+    link.add_argument("--port", type=int, default=9092, help="the one port sites and the run API use")
+    group = link.add_mutually_exclusive_group(required=True)
+    group.add_argument("--certs-dir", help=f"folder with {', '.join(TLS_FILES)}")
+    group.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    run = commands.add_parser("run", help="launch a federated run and follow it")
+    run.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
+    _security(run)
+    run.add_argument("--resume", type=Path, help="continue this run folder from its last complete round")
+    run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=5 strategy=fedprox")
+    status = commands.add_parser("status", help="connected sites, runs, and a run folder's progress")
+    status.add_argument("--superlink", required=True)
+    _security(status)
+    status.add_argument("--run-dir", help="run folder to report the current round and last metrics of")
+    args = parser.parse_args(argv)
+
+    from shared_model.cli.errors import user_errors
+    from server.flower_runtime import FlowerRunError
+    from server.rounds import QuorumError
+
+    with user_errors(FlowerRunError, QuorumError):
+        if args.command == "superlink":
+            _superlink(args)
+        sys.exit({"run": _run, "status": _status}[args.command](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Deployment on loopback with real processes, as a coordinator and two hospitals run it:
+``retina-server superlink``, two ``retina-client`` SuperNodes, ``retina-server run`` for 2
+rounds, ``retina-server status``; every process is started here and stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.flower_runtime import free_port, stop_process
+from shared_model.data.phantom import PhantomSpec, generate_phantom
+
+BIN = Path(sys.executable).parent
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"}  # rich wraps at 80 columns otherwise
+
+
+@pytest.fixture(scope="module")
+def phantom(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("deploy") / "phantom"
+    generate_phantom(PhantomSpec(n_sites=2, images_per_site=16, heldout_images=22, image_size=64, seed=9), root,
+                     progress=False)
+    return root
+
+
+def _start(args: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
+
+
+def _wait_for_sites(superlink: str, run_dir: Path, n: int, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        status = subprocess.run([str(BIN / "retina-server"), "status", "--superlink", superlink, "--insecure",
+                                 "--run-dir", str(run_dir)], capture_output=True, text=True, env=ENV, timeout=120)
+        if status.stdout.count("online") >= n or time.monotonic() > deadline:
+            return status.stdout
+        time.sleep(2)
+
+
+def test_two_sites_two_rounds_on_loopback(phantom, tmp_path):
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    run_dir = tmp_path / "run"
+    processes = [_start([str(BIN / "retina-server"), "superlink", "--state-dir", str(tmp_path / "link"),
+                         "--port", str(port), "--insecure"], tmp_path / "superlink.log")]
+    try:
+        time.sleep(2)
+        for k in range(2):
+            processes.append(_start([str(BIN / "retina-client"), "--manifest", str(phantom / f"site_{k}" / "manifest.csv"),
+                                     "--server", superlink, "--insecure", "--port", str(free_port()),
+                                     "--name", f"hospital-{k}", "--state-dir", str(tmp_path / f"site{k}")],
+                                    tmp_path / f"site{k}.log"))
+        assert _wait_for_sites(superlink, run_dir, 2).count("online") >= 2
+        result = subprocess.run(
+            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--insecure",
+             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=2", "phantom.images_per_site=16",
+             "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "train.steps=2",
+             "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0", "strategy.fraction_evaluate=0",
+             "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]", "federation.round_timeout=300"],
+            capture_output=True, text=True, env=ENV, timeout=900)
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in records] == [1, 2]
+        assert all(sorted(r["sites"]) == ["hospital-0", "hospital-1"] for r in records)
+        assert (run_dir / "checkpoints" / "round_0002" / "model.safetensors").is_file()
+        # The site's data path stays at the site: it is in no file the coordinator wrote.
+        for path in run_dir.rglob("*"):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".toml", ".log"):
+                assert str(phantom / "site_0") not in path.read_text(errors="replace"), path
+        status = _wait_for_sites(superlink, run_dir, 2)
+        assert "finished:completed" in status and "round 2 complete" in status
+        assert (tmp_path / "site0" / "trainer" / "round_0002" / "trainer_state.pt").is_file()
+    finally:
+        for proc in reversed(processes):  # sites first, so they unregister from the SuperLink
+            stop_process(proc.pid)
+    assert all(proc.poll() is not None for proc in processes)
+
+
+def test_site_check_reports_readiness_and_refuses_bad_data(phantom, tmp_path):
+    ok = subprocess.run([str(BIN / "retina-client"), "check", "--manifest", str(phantom / "site_0" / "manifest.csv"),
+                         "--device", "cpu"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert ok.returncode == 0 and "ready to join" in ok.stdout and "CFP" in ok.stdout
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,patient_id,eye,modality,labels,report,split\nmissing.png,p1,OD,CFP,normal,,train\n")
+    refused = subprocess.run([str(BIN / "retina-client"), "--manifest", str(bad), "--server", "127.0.0.1:1",
+                              "--insecure"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert refused.returncode == 2 and "missing.png" in refused.stderr and "Traceback" not in refused.stderr
