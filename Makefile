@@ -1,4 +1,5 @@
-# RetinaFL: `make demo` runs the main job, `make test` the test suite. Both create .venv first.
+# RetinaFL: `make demo` runs the main job (a simulated federation), `make test` the test suite.
+# Both create .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +10,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install grid clean
+.PHONY: demo centralized experiment test install grid clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,8 +21,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The demo's run folder is its own output: a new `make demo` starts it afresh.
 demo: $(STAMP)
-	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=$(DEMO_DIR)
+	rm -rf $(DEMO_DIR)
+	$(BIN)/retina-sim +experiment=federated_demo phantom.root=data/phantom run_dir=$(DEMO_DIR)
+
+centralized: $(STAMP)
+	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=runs/centralized-demo
+
+experiment: $(STAMP)
+	$(BIN)/python bench/federated_vs_centralized.py --steps 300 --rounds 5
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

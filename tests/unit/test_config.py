@@ -60,3 +60,32 @@ def test_larger_presets_build(model):
     cfg = compose_app("train", [f"model={model}"])
     n = sum(p.numel() for p in build_model(cfg.model, pretrained_text=False).visual.parameters())
     assert n > (20e6 if model == "base" else 5e6)
+
+
+STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian", "krum"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_every_strategy_composes_and_builds(strategy):
+    from server.strategy_registry import build_strategy
+    from shared_model.config import FederationAppConfig
+
+    cfg = compose_app("federation", [f"strategy={strategy}", "federation.min_sites=3"])
+    assert isinstance(cfg, FederationAppConfig) and cfg.strategy.name == strategy
+    built = build_strategy(cfg.strategy, cfg.federation)
+    assert built.min_train_nodes == 3
+    assert cfg.federation.sites == cfg.phantom.sites  # one simulated site per phantom site by default
+
+
+def test_federated_demo_experiment():
+    cfg = compose_app("federation", ["+experiment=federated_demo"])
+    assert cfg.federation.rounds == 4 and cfg.train.steps == 25 and cfg.model.name == "tiny"
+    assert not cfg.data.pair_modalities and cfg.strategy.name == "fedavg"
+
+
+def test_unknown_strategy_is_refused():
+    from server.strategy_registry import build_strategy
+    from shared_model.config import FederationConfig, StrategyConfig
+
+    with pytest.raises(ValueError, match="fedsgd"):
+        build_strategy(StrategyConfig(name="fedsgd"), FederationConfig())
