@@ -1,12 +1,14 @@
 """The README's federation experiment: zero-shot ACA on the held-out phantom site for
 (a) centralized training on the pooled data of 4 sites, (b) FedAvg over the 4 sites, (c) each
-site alone — all with the same compute budget, counted in training images (steps x batch).
+site alone, under a fixed compute budget counted in training steps of 32 images.
 
-  python bench/federated_vs_centralized.py [--steps 300] [--rounds 5] [--model tiny] [--out runs/experiment]
+  python bench/federated_vs_centralized.py [--site-steps 300] [--rounds 5] [--model tiny] [--out runs/experiment]
 
-Centralized and single-site runs take ``steps`` steps; FedAvg takes ``rounds`` rounds of
-``steps / (4 * rounds)`` local steps at each of the 4 sites, so every arm sees the same number of
-images. Writes ``docs/federated_experiment.md`` with the table and the command.
+The budget is ``site-steps`` per hospital: a site alone trains that many steps; in FedAvg every
+site trains that many steps in total (``rounds`` rounds of ``site-steps / rounds`` local steps);
+centralized training on the pooled data gets the federation's total, 4 x ``site-steps``. So
+FedAvg is compared with each single site at equal compute per hospital, and with centralized
+training at equal total compute. Writes ``docs/federated_experiment.md`` with the table.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def compose(name: str, overrides: list[str]):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps of the centralized and single-site arms")
+    parser.add_argument("--site-steps", type=int, default=300, help="training steps each hospital spends")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default="tiny")
     parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
@@ -46,22 +48,22 @@ def main() -> None:
     from server.simulation import run_simulation
     from shared_model.train.centralized import run_training
 
-    local_steps = args.steps // (SITES * args.rounds)
+    local_steps = args.site_steps // args.rounds
     common = [f"model={args.model}", f"phantom.root={args.out / 'phantom'}", f"phantom.sites={SITES}",
               "data.text_source=caption", "data.pair_modalities=false", "eval.linear_probe=false", "eval.kshot=[]",
               "eval.retrieval=false", "train.warmup_steps=10", "train.lr=1e-3"]
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}
 
-    def central(name: str, manifests: str) -> None:
+    def central(name: str, manifests: str, steps: int) -> None:
         start = time.perf_counter()
-        cfg = compose("train", [*common, f"train.steps={args.steps}", f"run_dir={args.out / name}",
+        cfg = compose("train", [*common, f"train.steps={steps}", f"run_dir={args.out / name}",
                                 f"data.manifests=[{manifests}]"])
         out = run_training(cfg, progress=False)
         results[name] = out["zero_shot"][TASK]
         timings[name] = time.perf_counter() - start
 
-    central("centralized", f"{args.out / 'phantom'}/site_*/manifest.csv")
+    central("centralized", f"{args.out / 'phantom'}/site_*/manifest.csv", SITES * args.site_steps)
     start = time.perf_counter()
     fed_cfg = compose("federation", [*common, f"train.steps={local_steps}", f"federation.rounds={args.rounds}",
                                      f"federation.min_sites={SITES}", f"federation.min_available={SITES}",
@@ -71,7 +73,7 @@ def main() -> None:
     results["fedavg"] = records[-1]["server_eval"][TASK]
     timings["fedavg"] = time.perf_counter() - start
     for k in range(SITES):
-        central(f"site_{k} alone", f"{args.out / 'phantom'}/site_{k}/manifest.csv")
+        central(f"site_{k} alone", f"{args.out / 'phantom'}/site_{k}/manifest.csv", args.site_steps)
 
     (args.out / "results.json").write_text(json.dumps({"results": results, "timings": timings}, indent=2))
     best_site = max(results[f"site_{k} alone"]["aca"] for k in range(SITES))
@@ -80,9 +82,11 @@ def main() -> None:
         "# Federated vs centralized vs single sites (phantom, held-out site)", "",
         f"{datetime.date.today()}, {platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"`{args.model}` preset, {SITES} phantom sites with camera and label shift, held-out site of its own camera.",
-        f"Budget: {args.steps} steps x 32 images for every arm (FedAvg: {args.rounds} rounds x {local_steps} local "
-        f"steps x {SITES} sites).", "",
-        f"Reproduce: `python bench/federated_vs_centralized.py --steps {args.steps} --rounds {args.rounds} --model {args.model}`",
+        f"Budget: {args.site_steps} steps of 32 images per hospital. Site alone: {args.site_steps} steps; FedAvg: "
+        f"{args.rounds} rounds x {local_steps} local steps at each of {SITES} sites; centralized (pooled data): "
+        f"{SITES * args.site_steps} steps, the federation's total.", "",
+        f"Reproduce: `python bench/federated_vs_centralized.py --site-steps {args.site_steps} --rounds {args.rounds} "
+        f"--model {args.model}`",
         "", f"| arm | {TASK} zero-shot ACA | AUC | wall time (s) |", "|---|---|---|---|",
     ]
     for name, metrics in results.items():

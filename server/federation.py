@@ -15,6 +15,7 @@ from flwr.app import ArrayRecord
 from flwr.serverapp import Grid
 from rich.console import Console
 
+from shared_model.atomic_files import write_text_atomic
 from shared_model.config import FederationAppConfig
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
@@ -65,6 +66,14 @@ def round_row(record: dict, seconds: float) -> str:
     return f"round {record['round']}: {sites} | {aca or 'not evaluated'} | {seconds:.1f} s | {moved:.1f} MiB"
 
 
+def _drop_metrics_after(path: Path, last_round: int) -> None:
+    """Keep the ``metrics.jsonl`` lines of rounds up to ``last_round``: rounds after the checkpoint
+    a run resumes from are run again and logged again."""
+    if path.is_file():
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        write_text_atomic(path, "".join(line + "\n" for line in lines if json.loads(line)["round"] <= last_round))
+
+
 def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
     """Run (or resume) the federated training described by ``cfg`` over ``grid``."""
     console = console or Console()
@@ -85,6 +94,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
             raise ValueError(f"{folder}: written by strategy {state.strategy!r}, config asks for {cfg.strategy.name!r}")
         load_weights(model, folder / WEIGHTS)
         restore_strategy_state(strategy, load_strategy_state(folder))
+        _drop_metrics_after(run_dir / METRICS_FILE, state.round)
         console.print(f"resuming {run_dir} after round {state.round}")
     arrays = ArrayRecord(exchanged_state_dict(model))
     model.to(device)
@@ -104,8 +114,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         record = history_record(report, server_eval)
         state.round = report.round
         state.history.append(record)
-        save_round(run_dir, model.to("cpu"), cfg.model, strategy_state(strategy), state)
-        model.to(device)
+        save_round(run_dir, model, cfg.model, strategy_state(strategy), state)  # weights copied to CPU there
         timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
         with open(run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps({**record, **timings}) + "\n")

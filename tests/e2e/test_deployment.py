@@ -1,11 +1,13 @@
-"""Deployment on loopback with real processes, as a coordinator and two hospitals run it:
-``retina-server superlink``, two ``retina-client`` SuperNodes, ``retina-server run`` for 2
-rounds, ``retina-server status``; every process is started here and stopped by PID."""
+"""Deployment on loopback with real processes, as a coordinator and three hospitals run it:
+``retina-server superlink``, three ``retina-client`` SuperNodes, ``retina-server run`` for 2
+rounds during which one site is killed mid-round, ``retina-server status``; every process is
+started here and stopped by PID."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -23,13 +25,21 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"}  # rich wraps at 8
 @pytest.fixture(scope="module")
 def phantom(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("deploy") / "phantom"
-    generate_phantom(PhantomSpec(n_sites=2, images_per_site=16, heldout_images=22, image_size=64, seed=9), root,
+    generate_phantom(PhantomSpec(n_sites=3, images_per_site=16, heldout_images=22, image_size=64, seed=9), root,
                      progress=False)
     return root
 
 
 def _start(args: list[str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV)
+    # Own process group: killing a site's group takes its SuperNode and ClientApp down together.
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+
+
+def _wait_for_text(path: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in path.read_text(errors="replace"):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
+        time.sleep(0.5)
 
 
 def _wait_for_sites(superlink: str, run_dir: Path, n: int, timeout: float = 120) -> str:
@@ -42,7 +52,7 @@ def _wait_for_sites(superlink: str, run_dir: Path, n: int, timeout: float = 120)
         time.sleep(2)
 
 
-def test_two_sites_two_rounds_on_loopback(phantom, tmp_path):
+def test_three_sites_two_rounds_one_killed_mid_round(phantom, tmp_path):
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     run_dir = tmp_path / "run"
@@ -50,23 +60,28 @@ def test_two_sites_two_rounds_on_loopback(phantom, tmp_path):
                          "--port", str(port), "--insecure"], tmp_path / "superlink.log")]
     try:
         time.sleep(2)
-        for k in range(2):
+        for k in range(3):
             processes.append(_start([str(BIN / "retina-client"), "--manifest", str(phantom / f"site_{k}" / "manifest.csv"),
                                      "--server", superlink, "--insecure", "--port", str(free_port()),
                                      "--name", f"hospital-{k}", "--state-dir", str(tmp_path / f"site{k}")],
                                     tmp_path / f"site{k}.log"))
-        assert _wait_for_sites(superlink, run_dir, 2).count("online") >= 2
-        result = subprocess.run(
+        assert _wait_for_sites(superlink, run_dir, 3).count("online") >= 3
+        coordinator = subprocess.Popen(
             [str(BIN / "retina-server"), "run", "--superlink", superlink, "--insecure",
-             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=2", "phantom.images_per_site=16",
-             "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "train.steps=2",
-             "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0", "strategy.fraction_evaluate=0",
-             "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]", "federation.round_timeout=300"],
-            capture_output=True, text=True, env=ENV, timeout=900)
-        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
+             "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "federation.min_sites=2",
+             "federation.min_available=2", "federation.round_timeout=150", "train.steps=2", "train.batch_size=8",
+             "train.warmup_steps=1", "data.num_workers=0", "strategy.fraction_evaluate=0",
+             "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        _wait_for_text(tmp_path / "site2.log", "Receiving: train message", timeout=300)
+        os.killpg(processes[3].pid, signal.SIGKILL)  # hospital-2 dies in the middle of round 1
+        output, _ = coordinator.communicate(timeout=900)
+        assert coordinator.returncode == 0, output[-5000:]
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in records] == [1, 2]
         assert all(sorted(r["sites"]) == ["hospital-0", "hospital-1"] for r in records)
+        assert any("did not reply" in reason or "error reply" in reason for reason in records[0]["rejected"])
         assert (run_dir / "checkpoints" / "round_0002" / "model.safetensors").is_file()
         # The site's data path stays at the site: it is in no file the coordinator wrote.
         for path in run_dir.rglob("*"):
@@ -78,6 +93,10 @@ def test_two_sites_two_rounds_on_loopback(phantom, tmp_path):
     finally:
         for proc in reversed(processes):  # sites first, so they unregister from the SuperLink
             stop_process(proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)  # whatever the process left behind in its group
+            except ProcessLookupError:
+                pass
     assert all(proc.poll() is not None for proc in processes)
 
 

@@ -60,6 +60,8 @@ def test_resume_equals_uninterrupted_run(small_phantom, tmp_path):
     resumed = federation_cfg(small_phantom, tmp_path / "resumed", "strategy=fedadam", "resume=true")
     run_federation(grid_for(resumed), resumed)
 
+    logged = [json.loads(line)["round"] for line in (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3]  # each round logged once across the interruption
     a, b = fingerprint(tmp_path / "straight"), fingerprint(tmp_path / "resumed")
     assert a[0] == b[0] == 3
     assert a == b  # weights, FedAdam moments and the metrics history, bit for bit
