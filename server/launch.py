@@ -58,6 +58,7 @@ def round_table(records: list[dict]) -> Table:
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The run folder's ``metrics.jsonl`` records (empty before the first round completes)."""
     path = run_dir / METRICS_FILE
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 

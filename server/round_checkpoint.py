@@ -49,6 +49,7 @@ class ServerState:
 
 
 def round_dir(run_dir: Path, server_round: int) -> Path:
+    """``RUN_DIR/checkpoints/round_NNNN``."""
     return run_dir / "checkpoints" / f"round_{server_round:04d}"
 
 
@@ -102,6 +103,7 @@ def latest_round(run_dir: Path) -> tuple[Path, ServerState] | None:
 
 
 def load_strategy_state(folder: Path) -> dict[str, np.ndarray]:
+    """The strategy state saved with a (verified) round."""
     from safetensors.numpy import load_file
 
     return load_file(str(folder / STRATEGY_FILE))

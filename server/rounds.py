@@ -52,6 +52,7 @@ class RoundReport:
 
 
 def arrays_nbytes(arrays: ArrayRecord) -> int:
+    """Bytes the arrays occupy on the wire (serialised, headers included)."""
     return sum(len(array.data) for array in arrays.values())
 
 
