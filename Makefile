@@ -30,7 +30,7 @@ centralized: $(STAMP)
 	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=runs/centralized-demo
 
 experiment: $(STAMP)
-	$(BIN)/python bench/federated_vs_centralized.py --site-steps 300 --rounds 5
+	$(BIN)/python bench/federated_vs_centralized.py --site-steps 300 --rounds 5 --seeds 0 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

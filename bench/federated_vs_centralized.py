@@ -2,7 +2,7 @@
 (a) centralized training on the pooled data of 4 sites, (b) FedAvg over the 4 sites, (c) each
 site alone, under a fixed compute budget counted in training steps of 32 images.
 
-  python bench/federated_vs_centralized.py [--site-steps 300] [--rounds 5] [--model tiny] [--out runs/experiment]
+  python bench/federated_vs_centralized.py [--site-steps 300] [--rounds 5] [--model tiny] [--seeds 0 1]
 
 The budget is ``site-steps`` per hospital: a site alone trains that many steps; in FedAvg every
 site trains that many steps in total (``rounds`` rounds of ``site-steps / rounds`` local steps);
@@ -37,19 +37,18 @@ def compose(name: str, overrides: list[str]):
         return OmegaConf.to_object(hydra_compose(name, overrides=overrides))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--site-steps", type=int, default=300, help="training steps each hospital spends")
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--model", default="tiny")
-    parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
-    parser.add_argument("--report", type=Path, default=Path("docs/federated_experiment.md"))
-    args = parser.parse_args()
+def run_seed(args: argparse.Namespace, seed: int) -> dict:
+    """Every arm with ``train.seed=seed``; results cached in ``OUT/seedN/results.json``."""
     from server.simulation import run_simulation
     from shared_model.train.centralized import run_training
 
+    out = args.out / f"seed{seed}"
+    cached = out / "results.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
     local_steps = args.site_steps // args.rounds
-    common = [f"model={args.model}", f"phantom.root={args.out / 'phantom'}", f"phantom.sites={SITES}",
+    phantom = args.out / "phantom"
+    common = [f"model={args.model}", f"phantom.root={phantom}", f"phantom.sites={SITES}", f"train.seed={seed}",
               "data.text_source=caption", "data.pair_modalities=false", "eval.linear_probe=false", "eval.kshot=[]",
               "eval.retrieval=false", "train.warmup_steps=10", "train.lr=1e-3"]
     results: dict[str, dict] = {}
@@ -57,42 +56,59 @@ def main() -> None:
 
     def central(name: str, manifests: str, steps: int) -> None:
         start = time.perf_counter()
-        cfg = compose("train", [*common, f"train.steps={steps}", f"run_dir={args.out / name}",
-                                f"data.manifests=[{manifests}]"])
-        out = run_training(cfg, progress=False)
-        results[name] = out["zero_shot"][TASK]
+        cfg = compose("train", [*common, f"train.steps={steps}", f"run_dir={out / name}", f"data.manifests=[{manifests}]"])
+        results[name] = run_training(cfg, progress=False)["zero_shot"][TASK]
         timings[name] = time.perf_counter() - start
 
-    central("centralized", f"{args.out / 'phantom'}/site_*/manifest.csv", SITES * args.site_steps)
+    central("centralized", f"{phantom}/site_*/manifest.csv", SITES * args.site_steps)
     start = time.perf_counter()
     fed_cfg = compose("federation", [*common, f"train.steps={local_steps}", f"federation.rounds={args.rounds}",
                                      f"federation.min_sites={SITES}", f"federation.min_available={SITES}",
-                                     f"run_dir={args.out / 'fedavg'}", "strategy.fraction_evaluate=0",
+                                     f"run_dir={out / 'fedavg'}", "strategy.fraction_evaluate=0",
                                      f"federation.evaluate_every={args.rounds}"])
-    records = run_simulation(fed_cfg)
-    results["fedavg"] = records[-1]["server_eval"][TASK]
+    results["fedavg"] = run_simulation(fed_cfg)[-1]["server_eval"][TASK]
     timings["fedavg"] = time.perf_counter() - start
     for k in range(SITES):
-        central(f"site_{k} alone", f"{args.out / 'phantom'}/site_{k}/manifest.csv", args.site_steps)
+        central(f"site_{k} alone", f"{phantom}/site_{k}/manifest.csv", args.site_steps)
+    payload = {"results": results, "timings": timings}
+    cached.write_text(json.dumps(payload, indent=2))
+    return payload
 
-    (args.out / "results.json").write_text(json.dumps({"results": results, "timings": timings}, indent=2))
-    best_site = max(results[f"site_{k} alone"]["aca"] for k in range(SITES))
-    ratio = results["fedavg"]["aca"] / results["centralized"]["aca"]
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--site-steps", type=int, default=300, help="training steps each hospital spends")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--model", default="tiny")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds; arms are averaged over them")
+    parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
+    parser.add_argument("--report", type=Path, default=Path("docs/federated_experiment.md"))
+    args = parser.parse_args()
+    runs = {seed: run_seed(args, seed) for seed in args.seeds}
+    arms = list(next(iter(runs.values()))["results"])
+    mean = {arm: sum(r["results"][arm]["aca"] for r in runs.values()) / len(runs) for arm in arms}
+    singles = [arm for arm in arms if arm.endswith("alone")]
+    best_single = max(mean[arm] for arm in singles)
+    seeds = " ".join(str(s) for s in args.seeds)
     lines = [
         "# Federated vs centralized vs single sites (phantom, held-out site)", "",
         f"{datetime.date.today()}, {platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
         f"`{args.model}` preset, {SITES} phantom sites with camera and label shift, held-out site of its own camera.",
         f"Budget: {args.site_steps} steps of 32 images per hospital. Site alone: {args.site_steps} steps; FedAvg: "
-        f"{args.rounds} rounds x {local_steps} local steps at each of {SITES} sites; centralized (pooled data): "
-        f"{SITES * args.site_steps} steps, the federation's total.", "",
+        f"{args.rounds} rounds x {args.site_steps // args.rounds} local steps at each of {SITES} sites; centralized "
+        f"(pooled data): {SITES * args.site_steps} steps, the federation's total. Training seeds: {seeds}.", "",
         f"Reproduce: `python bench/federated_vs_centralized.py --site-steps {args.site_steps} --rounds {args.rounds} "
-        f"--model {args.model}`",
-        "", f"| arm | {TASK} zero-shot ACA | AUC | wall time (s) |", "|---|---|---|---|",
+        f"--model {args.model} --seeds {seeds}`", "",
+        f"| arm | {TASK} zero-shot ACA, mean | per seed | AUC per seed | wall time per seed (s) |", "|---|---|---|---|---|",
     ]
-    for name, metrics in results.items():
-        lines.append(f"| {name} | {metrics['aca']:.3f} | {metrics['auc']:.3f} | {timings[name]:.0f} |")
-    lines += ["", f"FedAvg / centralized = {ratio:.2f} (target >= 0.9); FedAvg {'above' if results['fedavg']['aca'] > best_site else 'not above'} "
-              f"every single site (best single site {best_site:.3f}). Chance ACA = 1/11 = 0.091."]
+    for arm in arms:
+        per_seed = " / ".join(f"{r['results'][arm]['aca']:.3f}" for r in runs.values())
+        auc = " / ".join(f"{r['results'][arm]['auc']:.3f}" for r in runs.values())
+        wall = " / ".join(f"{r['timings'][arm]:.0f}" for r in runs.values())
+        lines.append(f"| {arm} | {mean[arm]:.3f} | {per_seed} | {auc} | {wall} |")
+    lines += ["", f"Means: FedAvg / centralized = {mean['fedavg'] / mean['centralized']:.2f} (target >= 0.9); FedAvg "
+              f"{'above' if mean['fedavg'] > best_single else 'not above'} every single site (best single site "
+              f"{best_single:.3f}). Chance ACA = 1/11 = 0.091."]
     args.report.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
