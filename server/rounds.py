@@ -60,7 +60,7 @@ def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     """``arrays`` in the dtypes of ``reference``: server optimizers (FedAdam, FedYogi) compute in
     float64, but the global model — what is checkpointed and sent — stays in its own dtype, so a
     resumed run continues from exactly what an uninterrupted one holds."""
-    return ArrayRecord({k: Array(v.numpy().astype(reference[k].numpy().dtype, copy=False)) for k, v in arrays.items()})
+    return ArrayRecord({k: Array(v.numpy().astype(reference[k].dtype, copy=False)) for k, v in arrays.items()})
 
 
 def wait_for_sites(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -> list[int]:

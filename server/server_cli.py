@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import NoReturn
 
@@ -103,18 +104,18 @@ def _status(args: argparse.Namespace) -> int:
     from server.launch import read_metrics
 
     console = Console()
-    home = Path(args.run_dir or ".").resolve() / "flwr-home-status"
     conn = _connection(args)
-    write_connections(home, [conn])
-    env = offline_env(home)
-    nodes = flwr_json(["supernode", "ls", conn.name], env).get("nodes", [])
+    with tempfile.TemporaryDirectory(prefix="retinafl-status-") as home:  # a query leaves no files behind
+        write_connections(Path(home), [conn])
+        env = offline_env(Path(home))
+        nodes = flwr_json(["supernode", "ls", conn.name], env).get("nodes", [])
+        runs = flwr_json(["ls", conn.name], env).get("runs", [])
     table = Table(title=f"sites at {args.superlink}")
     for column in ("node id", "status", "online since"):
         table.add_column(column)
     for node in nodes:
         table.add_row(str(node.get("node-id")), str(node.get("status")), str(node.get("online-at", "")))
     console.print(table)
-    runs = flwr_json(["ls", conn.name], env).get("runs", [])
     table = Table(title="runs")
     for column in ("run id", "status", "details"):
         table.add_column(column)

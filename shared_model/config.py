@@ -216,20 +216,14 @@ class FederationConfig:
 
 
 @dataclass
-class FederationAppConfig:
-    """``retina-sim`` / ``retina-server``: a federated run. ``train`` is each site's local work per
-    round (``train.steps`` local steps); ``eval`` scores every aggregate at the server."""
+class FederationAppConfig(TrainAppConfig):
+    """``retina-sim`` / ``retina-server``: a training run spread over sites. ``train`` is each
+    site's local work per round (``train.steps`` local steps); ``eval`` scores every aggregate at
+    the server; ``strategy`` and ``federation`` are what federating adds."""
 
-    model: ModelConfig = field(default_factory=ModelConfig)
-    loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    run_dir: str = "runs/federation"
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    run_dir: str = "runs/federation"
-    resume: bool = False
 
 
 @dataclass

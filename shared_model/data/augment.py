@@ -28,6 +28,7 @@ MAX_BLUR_SIGMA = 1.2  # at 64 px; scales with the image size
 
 # RGB -> YIQ; a hue shift is a rotation of the (I, Q) chroma plane.
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_YIQ_INV = torch.linalg.inv(_YIQ)
 _GREY = torch.tensor([0.2989, 0.587, 0.114])
 
 
@@ -105,8 +106,7 @@ def _colour(images: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
     rot = torch.zeros(len(params), 3, 3, dtype=images.dtype, device=images.device)
     rot[:, 0, 0] = 1
     rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = angle.cos(), -angle.sin(), angle.sin(), angle.cos()
-    yiq = _YIQ.to(images)
-    mix = torch.linalg.inv(yiq) @ rot @ yiq
+    mix = _YIQ_INV.to(images) @ rot @ _YIQ.to(images)
     return torch.einsum("nij,njhw->nihw", mix, img).clamp(0, 1)
 
 
