@@ -27,7 +27,11 @@ from shared_model.data.manifest import expand_manifest_paths
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
-from shared_model.model.exchange import exchanged_state_dict, load_exchanged_state_dict
+from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
+from shared_model.privacy.dp_trainer import DPSGDTrainer
+from shared_model.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from shared_model.privacy.plan import open_ledger, plan_dp
+from shared_model.privacy.units import unit_ids
 from shared_model.train.centralized import load_training_records
 from shared_model.train.proximal import ProximalTerm
 from shared_model.train.trainer import LocalTrainer, resolve_device, seed_everything
@@ -48,6 +52,31 @@ class Site:
     device: str = "auto"
 
 
+class SchemaMismatchError(RuntimeError):
+    """The coordinator runs another model schema or app version than this site."""
+
+
+@dataclass(frozen=True)
+class Expected:
+    """What the coordinator announced with the round: its model schema digest and app version."""
+
+    schema: str | None = None
+    version: str | None = None
+
+    def check(self, site: str, model: torch.nn.Module) -> None:
+        """Raise :class:`SchemaMismatchError` unless this site's model and version match."""
+        from flwr.app import ArrayRecord
+
+        problems = []
+        if self.version is not None and self.version != app_version():
+            problems.append(f"app version: coordinator {self.version}, site {app_version()}")
+        if self.schema is not None and self.schema != schema_digest(ArrayRecord(exchanged_state_dict(model))):
+            problems.append("model schema (exchanged tensor names, shapes or dtypes) differs from the coordinator's")
+        if problems:
+            raise SchemaMismatchError(f"site {site} cannot take part: " + "; ".join(problems)
+                                      + ". Install the coordinator's RetinaFL version at this site.")
+
+
 def site_seed(seed: int, site: str, server_round: int) -> int:
     """Seed of a site's first round: distinct per (run seed, site), stable across processes."""
     return int(np.random.SeedSequence([seed, zlib.crc32(site.encode()), server_round]).generate_state(1)[0])
@@ -63,21 +92,54 @@ def _prune_states(site: Site) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+@dataclass
+class RoundResult:
+    """A site's reply to a training round: weights, metrics, and the DP settings it trained under."""
+
+    state: dict[str, torch.Tensor]
+    metrics: dict[str, float]
+    privacy: dict[str, str | float | int]  # {"mode": "none"} or the DP plan and ε so far
+
+
 def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor], server_round: int,
-                proximal_mu: float = 0.0, progress: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, float]]:
+                proximal_mu: float = 0.0, progress: bool = False, expected: Expected = Expected()) -> RoundResult:
     """Train ``app.train.steps`` local steps from ``global_state``; returns the new exchanged
-    state_dict and the round's metrics (``num-examples`` weights the aggregation)."""
+    state_dict and the round's metrics (``num-examples`` weights the aggregation).
+
+    Under ``privacy.mode=dp-sgd`` the steps are DP-SGD steps accounted in the site's ledger; a
+    site whose next round would pass ``privacy.epsilon_budget`` trains 0 steps and says so
+    (``privacy-budget-exhausted``, ``num-examples`` 0), and one whose ledger is missing or
+    damaged refuses with :class:`~shared_model.privacy.ledger.LedgerError`.
+    """
     records = load_training_records(replace(app.data, manifests=list(site.manifests)))
     device = resolve_device(site.device)
     model = build_model(app.model)
+    expected.check(site.name, model)
     load_exchanged_state_dict(model, global_state)
     objective = EyeCLIPObjective(app.loss, app.model.mae.norm_pix_loss)
     dataset = RetinaDataset(records, app.model.image.image_size, train=True, text_source=app.data.text_source,
                             pair_modalities=app.data.pair_modalities and app.loss.image_image > 0,
                             augment=app.data.augment)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
-    trainer = LocalTrainer(model, objective, app.train, device, total_steps=app.federation.rounds * app.train.steps,
-                           num_workers=app.data.num_workers, proximal=proximal)
+    total_steps = app.federation.rounds * app.train.steps
+    plan = ledger = None
+    if app.privacy.mode == "dp-sgd":
+        ledger = open_ledger(site.state_dir, app.privacy, trained_before=(site.state_dir / "trainer").is_dir())
+        units = unit_ids(records, app.privacy.unit)
+        plan = plan_dp(app.privacy, units, app.train.batch_size, total_steps, ledger)
+        ledger = ledger or PrivacyLedger(plan.accountant, plan.delta, plan.unit, plan.units)
+        spent = ledger.spent()
+        if ledger.spent([(plan.noise_multiplier, plan.sample_rate, app.train.steps)]) > plan.epsilon_budget:
+            log.warning("site %s: round %d would pass the privacy budget ε=%.3g (spent %.3g); not training",
+                        site.name, server_round, plan.epsilon_budget, spent)
+            metrics = {"num-examples": 0, "site-weight": 0.0, "server-round": server_round, "steps": 0,
+                       "privacy-budget-exhausted": 1, "epsilon": spent}
+            return RoundResult(exchanged_state_dict(model), metrics, {**plan.describe(), "epsilon": spent})
+        trainer = DPSGDTrainer(model, objective, app.train, device, units, plan.sample_rate, plan.noise_multiplier,
+                               plan.max_grad_norm, total_steps, app.data.num_workers, proximal)
+    else:
+        trainer = LocalTrainer(model, objective, app.train, device, total_steps=total_steps,
+                               num_workers=app.data.num_workers, proximal=proximal)
     previous = _state_folder(site, server_round - 1)
     if (previous / "trainer_state.pt").is_file():
         trainer.load_state(previous)
@@ -87,21 +149,28 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
                         site.name, server_round - 1, site.state_dir)
         seed_everything(site_seed(app.train.seed, site.name, server_round))
     stats = trainer.run(dataset, app.train.steps, progress=progress, label=f"{site.name} round {server_round}")
+    privacy: dict[str, str | float | int] = {"mode": "none"}
+    metrics = {"num-examples": len(records), "site-weight": 1.0, "server-round": server_round, "steps": stats.steps,
+               "images": stats.images, "seconds": round(stats.seconds, 3), "skipped-images": len(stats.skipped)}
+    if plan is not None:
+        # The ledger is written before the update leaves: a crash in between over-counts, never under-counts.
+        metrics["epsilon"] = ledger.record(plan.noise_multiplier, plan.sample_rate, stats.steps, {"round": server_round})
+        ledger.save(site.state_dir / LEDGER_FILE)
+        privacy = {**plan.describe(), "epsilon": metrics["epsilon"], "steps-total": ledger.total_steps}
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
-    metrics = {"num-examples": len(records), "server-round": server_round, "steps": stats.steps,
-               "images": stats.images, "seconds": round(stats.seconds, 3), "skipped-images": len(stats.skipped)}
     metrics.update({f"loss.{name}": float(stats.losses.get(name, 0.0)) for name in LOSS_TERMS})
-    return exchanged_state_dict(model), metrics
+    return RoundResult(exchanged_state_dict(model), metrics, privacy)
 
 
 def evaluate_round(app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor],
-                   server_round: int) -> dict[str, float]:
+                   server_round: int, expected: Expected = Expected()) -> dict[str, float]:
     """Zero-shot ACA of the global weights on the site's ``test`` split (prompt ensembles, the
     common evaluator); ``num-examples`` 0 when the site has no test rows."""
     start = time.perf_counter()
     device = resolve_device(site.device)
     model = build_model(app.model)
+    expected.check(site.name, model)
     load_exchanged_state_dict(model, global_state)
     model.to(device)
     sets = [EvalSetConfig(name=f"{site.name}-{i}", path=str(path), split="test")

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
 from rich.console import Console
 
@@ -21,8 +21,11 @@ from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.model import build_model
 from shared_model.model.checkpoint import WEIGHTS, load_weights
-from shared_model.model.exchange import exchanged_state_dict, load_exchanged_state_dict
+from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
+from shared_model.privacy.plan import resolve_privacy
 from shared_model.train.trainer import resolve_device, seed_everything
+from server.central_dp import SITE_WEIGHT_KEY, CentralAccountant, wrap_central_dp
+from server.privacy_report import write_privacy_report
 from server.round_checkpoint import ServerState, latest_round, load_strategy_state, save_round
 from server.rounds import RoundReport, run_rounds
 from server.strategy_registry import build_strategy, restore_strategy_state, strategy_state
@@ -74,16 +77,24 @@ def _drop_metrics_after(path: Path, last_round: int) -> None:
         write_text_atomic(path, "".join(line + "\n" for line in lines if json.loads(line)["round"] <= last_round))
 
 
+def _privacy_state(cfg: FederationAppConfig) -> dict:
+    """The privacy part of the server state: settings, the central accountant, one entry per round."""
+    return {"mode": cfg.privacy.mode, "unit": cfg.privacy.unit, "secagg": cfg.secagg.enabled,
+            "transport": cfg.federation.transport, "central": {"mode": cfg.privacy.central}, "rounds": []}
+
+
 def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
     """Run (or resume) the federated training described by ``cfg`` over ``grid``."""
     console = console or Console()
+    cfg = resolve_privacy(cfg)
     run_dir = Path(cfg.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     model = build_model(cfg.model)
-    strategy = build_strategy(cfg.strategy, cfg.federation)
-    state = ServerState(0, [], cfg.strategy.name)
+    central = cfg.privacy.central != "none"
+    strategy = build_strategy(cfg.strategy, cfg.federation, SITE_WEIGHT_KEY if central else "num-examples")
+    state = ServerState(0, [], cfg.strategy.name, _privacy_state(cfg))
     found = latest_round(run_dir)
     if found is not None and not cfg.resume:
         raise ValueError(f"{run_dir} already holds round checkpoints (up to {found[0].name}); "
@@ -96,7 +107,13 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         restore_strategy_state(strategy, load_strategy_state(folder))
         _drop_metrics_after(run_dir / METRICS_FILE, state.round)
         console.print(f"resuming {run_dir} after round {state.round}")
+    accountant = None
+    if central:
+        accountant = CentralAccountant(cfg.privacy, cfg.federation, state.privacy["central"].get("accountant"))
+        strategy = wrap_central_dp(strategy, cfg.privacy, cfg.federation)
     arrays = ArrayRecord(exchanged_state_dict(model))
+    # Sites check these before training: another model schema or app version gets an error reply.
+    train_config = ConfigRecord({"model-schema": schema_digest(arrays), "app-version": app_version()})
     model.to(device)
     last_results: dict = {}
 
@@ -114,14 +131,21 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         record = history_record(report, server_eval)
         state.round = report.round
         state.history.append(record)
+        privacy_round = {"round": report.round, "sites": report.site_privacy}
+        if accountant is not None:
+            privacy_round.update(central_sites=len(report.sites), central_epsilon=accountant.release(len(report.sites)))
+            state.privacy["central"].update(accountant=accountant.state_dict(), epsilon=accountant.epsilon(),
+                                            delta=accountant.delta)
+        state.privacy["rounds"].append(privacy_round)
         save_round(run_dir, model, cfg.model, strategy_state(strategy), state)  # weights copied to CPU there
+        write_privacy_report(run_dir, cfg, state.privacy)
         timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
         with open(run_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps({**record, **timings}) + "\n")
         console.print(round_row(record, report.seconds))
 
     run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_round,
-               federated_eval=cfg.strategy.fraction_evaluate > 0)
+               federated_eval=cfg.strategy.fraction_evaluate > 0, secagg=cfg.secagg, train_config=train_config)
     if last_results:
         write_report({**last_results, "meta": {"round": state.round, "strategy": cfg.strategy.name,
                                                "config": asdict(cfg.federation)}},

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared_model.config import FederationAppConfig
+from shared_model.privacy.plan import resolve_privacy
 from shared_model.train.centralized import write_resolved_config
 from server.federation import METRICS_FILE, round_row
 from server.flower_app import write_flower_app
@@ -71,6 +72,9 @@ def launch_run(cfg: FederationAppConfig, connection: Connection, env_extra: dict
     log to ``flower.log``; ``after()`` runs last, also on failure (e.g. stopping a local
     SuperLink). Returns the rounds' records."""
     console = console or Console()
+    transport = ("simulation (one machine, no network)" if connection.address == ":local:"
+                 else "insecure (no TLS)" if connection.insecure else "TLS")
+    cfg = resolve_privacy(replace(cfg, federation=replace(cfg.federation, transport=transport)))
     run_dir = Path(cfg.run_dir)
     write_resolved_config(cfg, run_dir)
     app_dir = write_flower_app(run_dir / "retinafl-app", cfg)

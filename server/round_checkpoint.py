@@ -44,8 +44,8 @@ class ServerState:
     round: int
     history: list[dict] = field(default_factory=list)  # one deterministic record per round
     strategy: str = "fedavg"
-    # Issue 4 fills this with the per-round privacy accounting; kept in every checkpoint now.
-    privacy: dict = field(default_factory=lambda: {"mode": "none", "rounds": []})
+    # Privacy settings, the client-level DP accountant and one record per round (server.federation).
+    privacy: dict = field(default_factory=lambda: {"mode": "none", "central": {"mode": "none"}, "rounds": []})
 
 
 def round_dir(run_dir: Path, server_round: int) -> Path:

@@ -20,15 +20,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from shared_model.config import FederationConfig
+from shared_model.config import FederationConfig, SecAggConfig
+from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
 
 log = logging.getLogger(__name__)
 
 SITE_KEY = "site"  # ConfigRecord of a reply naming the site
+PRIVACY_KEY = "privacy"  # ConfigRecord of a train reply: the site's DP settings and ε so far
 
 
 class QuorumError(RuntimeError):
@@ -44,7 +47,9 @@ class RoundReport:
     train_metrics: dict = field(default_factory=dict)  # the strategy's aggregate of the reply metrics
     evaluate_metrics: dict = field(default_factory=dict)  # federated evaluation, weighted by test examples
     site_evaluations: dict[str, dict] = field(default_factory=dict)
+    site_privacy: dict[str, dict] = field(default_factory=dict)  # site -> DP settings and ε it reported
     rejected: list[str] = field(default_factory=list)
+    secagg: dict = field(default_factory=dict)  # survivors, drops per stage, quantisation step (SecAgg+ rounds)
     attempts: int = 1
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -54,6 +59,14 @@ class RoundReport:
 def arrays_nbytes(arrays: ArrayRecord) -> int:
     """Bytes the arrays occupy on the wire (serialised, headers included)."""
     return sum(len(array.data) for array in arrays.values())
+
+
+def _reply_nbytes(message: Message) -> int:
+    """Bytes of a train reply's update: its arrays, or its masked vector under SecAgg+."""
+    if "arrays" in message.content.array_records:
+        return arrays_nbytes(message.content["arrays"])
+    masked = message.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.MASKED_PARAMETERS, [])
+    return sum(len(b) for b in masked)
 
 
 def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
@@ -97,6 +110,10 @@ def screen_replies(replies: list[Message], server_round: int, expected_keys: set
             got = None if metrics is None else metrics.get("server-round")
             rejected.append(f"{name}: reply for round {got}, this is round {server_round} (stale, discarded)")
             continue
+        if int(metrics.get("privacy-budget-exhausted", 0)):
+            rejected.append(f"{name}: stopped training, its next round would pass its privacy budget "
+                            f"(ε spent {float(metrics.get('epsilon', float('nan'))):.3g})")
+            continue
         if expected_keys is not None:
             arrays = msg.content.array_records.get("arrays")
             if arrays is None or set(arrays.keys()) != expected_keys:
@@ -119,23 +136,51 @@ def _seed_sampling(seed: int, server_round: int, attempt: int) -> None:
     random.seed(zlib.crc32(f"{seed}/{server_round}/{attempt}".encode()))
 
 
+def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, fed: FederationConfig,
+                    report: RoundReport) -> tuple[list[Message], list[np.ndarray] | None]:
+    """Run the round's training under SecAgg+: the replies (metrics, no weights) and the mean
+    delta of the survivors, or no mean when the round aborted."""
+    contents = {m.metadata.dst_node_id: m.content for m in messages}
+    try:
+        result = secure_mean(grid, list(contents), lambda nid: RecordDict(
+            {"arrays": contents[nid]["arrays"], "config": contents[nid]["config"]}), secagg, fed.round_timeout)
+    except SecAggAbort as exc:
+        report.rejected.append(str(exc))
+        return [], None
+    report.secagg = {"survivors": len(result.survivors), "dropped": {k: len(v) for k, v in result.dropped.items()},
+                     "quantisation-step": quantisation_step(secagg), "clipping-range": secagg.clipping_range}
+    return result.replies, result.mean
+
+
 def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_round: int, fed: FederationConfig,
-                seed: int) -> tuple[ArrayRecord, RoundReport]:
-    """One training round with retries; returns the aggregate and the round's report."""
+                seed: int, secagg: SecAggConfig | None = None,
+                train_config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundReport]:
+    """One training round with retries; returns the aggregate and the round's report. With
+    ``secagg`` enabled the aggregate is the global weights plus the securely summed mean delta;
+    ``train_config`` goes to every site with the weights."""
     report = RoundReport(server_round)
-    expected = set(arrays.keys())
+    secure = secagg is not None and secagg.enabled
+    expected = None if secure else set(arrays.keys())
+    mean_delta = None
     for attempt in range(fed.round_retries + 1):
         report.attempts = attempt + 1
         wait_for_sites(grid, max(fed.min_available, fed.min_sites), fed.connect_timeout)
         _seed_sampling(seed, server_round, attempt)
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})), grid))
         report.bytes_sent += arrays_nbytes(arrays) * len(messages)
-        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+        if secure:
+            replies, mean_delta = _secure_replies(grid, messages, secagg, fed, report)
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+        report.site_privacy.update({site_name(m): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
+                                    if m.has_content() and PRIVACY_KEY in m.content.config_records})
         accepted, rejected = screen_replies(replies, server_round, expected)
         report.rejected.extend(rejected)
-        report.bytes_received += sum(arrays_nbytes(m.content["arrays"]) for m in accepted)
+        report.bytes_received += sum(_reply_nbytes(m) for m in accepted)
         missing = len(messages) - len(replies)
-        if missing:
+        if secure and mean_delta is None:
+            accepted = []
+        elif missing:
             report.rejected.append(f"{missing} of {len(messages)} sites did not reply within "
                                    f"{fed.round_timeout:.0f} s (federation.round_timeout)")
         if len(accepted) >= fed.min_sites:
@@ -147,7 +192,12 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
                           f"federation.min_sites={fed.min_sites}, after {fed.round_retries + 1} attempts; "
                           f"global weights unchanged since round {server_round - 1}. Rejected: "
                           + "; ".join(report.rejected))
-    aggregate, metrics = strategy.aggregate_train(server_round, accepted)
+    if secure:
+        aggregate = ArrayRecord({key: Array((array.numpy().astype(np.float64) + delta).astype(array.dtype))
+                                 for (key, array), delta in zip(arrays.items(), mean_delta, strict=True)})
+        metrics = strategy.train_metrics_aggr_fn([m.content for m in accepted], strategy.weighted_by_key)
+    else:
+        aggregate, metrics = strategy.aggregate_train(server_round, accepted)
     if aggregate is None:
         raise QuorumError(f"round {server_round}: the strategy produced no aggregate")
     aggregate = cast_like(aggregate, arrays)
@@ -157,11 +207,11 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
 
 
 def evaluate_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, report: RoundReport, fed: FederationConfig,
-                   seed: int) -> None:
+                   seed: int, config: ConfigRecord | None = None) -> None:
     """Federated evaluation of the aggregate on the sites' test splits (sites without test rows
     are left out of the weighted mean); fills ``report`` in place."""
     _seed_sampling(seed, report.round, -1)
-    messages = list(strategy.configure_evaluate(report.round, arrays, ConfigRecord(), grid))
+    messages = list(strategy.configure_evaluate(report.round, arrays, ConfigRecord(dict(config or {})), grid))
     if not messages:
         return
     report.bytes_sent += arrays_nbytes(arrays) * len(messages)
@@ -175,15 +225,16 @@ def evaluate_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, report: 
 
 
 def run_rounds(grid: Grid, strategy: Strategy, arrays: ArrayRecord, first_round: int, fed: FederationConfig, seed: int,
-               after_round: Callable[[ArrayRecord, RoundReport], None], federated_eval: bool = True) -> ArrayRecord:
+               after_round: Callable[[ArrayRecord, RoundReport], None], federated_eval: bool = True,
+               secagg: SecAggConfig | None = None, train_config: ConfigRecord | None = None) -> ArrayRecord:
     """Rounds ``first_round`` .. ``fed.rounds``; ``after_round`` (evaluation, checkpoint) runs
     after each complete round, before the next one starts."""
     for server_round in range(first_round, fed.rounds + 1):
         start = time.perf_counter()
         log.info("round %d/%d", server_round, fed.rounds)
-        arrays, report = train_round(grid, strategy, arrays, server_round, fed, seed)
+        arrays, report = train_round(grid, strategy, arrays, server_round, fed, seed, secagg, train_config)
         if federated_eval:
-            evaluate_round(grid, strategy, arrays, report, fed, seed)
+            evaluate_round(grid, strategy, arrays, report, fed, seed, train_config)
         report.seconds = time.perf_counter() - start
         after_round(arrays, report)
     return arrays

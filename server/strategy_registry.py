@@ -17,11 +17,12 @@ STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedme
 STATE_ATTRIBUTES = ("m_t", "v_t")
 
 
-def build_strategy(cfg: StrategyConfig, fed: FederationConfig) -> Strategy:
-    """The configured Flower strategy, with the federation's quorum as its minimum node counts."""
+def build_strategy(cfg: StrategyConfig, fed: FederationConfig, weighted_by_key: str = "num-examples") -> Strategy:
+    """The configured Flower strategy, with the federation's quorum as its minimum node counts;
+    replies are weighted by their ``weighted_by_key`` metric."""
     common = {"fraction_train": cfg.fraction_train, "fraction_evaluate": cfg.fraction_evaluate,
               "min_train_nodes": fed.min_sites, "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
-              "min_available_nodes": fed.min_available}
+              "min_available_nodes": fed.min_available, "weighted_by_key": weighted_by_key}
     server_opt = {"eta": cfg.server_lr, "eta_l": cfg.server_lr_local, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2,
                   "tau": cfg.tau}
     builders = {

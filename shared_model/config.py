@@ -75,6 +75,9 @@ class ModelConfig:
     # Slice-attention pooling for OCT volumes (RadCLIP-style); 0 disables the adapter.
     volume_max_slices: int = 0
     volume_heads: int = 4
+    # Opacus' ModuleValidator fixes applied at build time (BatchNorm centring -> GroupNorm), so
+    # DP-SGD sees no layer that mixes examples. Set automatically when privacy.mode=dp-sgd.
+    opacus_compatible: bool = False
 
 
 @dataclass
@@ -84,7 +87,8 @@ class LossConfig:
     image_text: float = 0.75
     image_image: float = 0.75
     mae: float = 1.0
-    # 'flair': label-aware soft targets (positives = same label set); 'clip': one positive per row.
+    # 'flair': label-aware soft targets (positives = same label set); 'clip': one positive per row;
+    # 'bank': own caption against the public prompt-embedding bank (per-example: valid under DP-SGD).
     image_text_variant: str = "flair"
 
 
@@ -165,6 +169,30 @@ class TrainConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy of a run (docs/privacy.md). ``mode=dp-sgd``: every site (or the
+    centralized trainer) trains with Opacus DP-SGD and keeps a cumulative ledger; ``central``:
+    the coordinator clips and noises whole site updates (client-level DP, Flower's wrappers)."""
+
+    mode: str = "none"  # none | dp-sgd
+    unit: str = "patient"  # privacy unit: patient (all of a patient's images are one record) | image
+    max_grad_norm: float = 1.0  # per-unit clipping norm C
+    # Gaussian noise std / C. None: calibrated so the planned steps spend exactly epsilon_budget.
+    noise_multiplier: Optional[float] = None
+    epsilon_budget: float = 8.0  # a site stops training when its next round would pass this
+    delta: Optional[float] = None  # None: 1 / (10 N), N = the site's number of units
+    accountant: str = "rdp"  # rdp | prv (Opacus); gdp is not offered: it can under-report
+    # Poisson sampling of units with this rate; None: train.batch_size / N (expected batch size).
+    sample_rate: Optional[float] = None
+    sampling: str = "poisson"  # the accountant models Poisson subsampling: nothing else is accepted
+    central: str = "none"  # none | fixed | adaptive: client-level DP at the coordinator
+    central_noise_multiplier: float = 1.0  # noise std / clipping norm of the summed site updates
+    central_clip: float = 1.0  # clipping norm of one site's update (adaptive: its starting value)
+    central_target_quantile: float = 0.5  # adaptive: share of updates the norm should leave unclipped
+    central_delta: Optional[float] = None  # None: 1e-5
+
+
+@dataclass
 class TrainAppConfig:
     """``retina-train``: centralized training followed by the common evaluation."""
 
@@ -174,6 +202,7 @@ class TrainAppConfig:
     phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     run_dir: str = "runs/train"
     resume: bool = False
 
@@ -213,6 +242,23 @@ class FederationConfig:
     client_cpus: int = 1  # Ray CPUs per virtual site (Flower takes whole CPUs)
     client_gpus: float = 0.0  # fractional GPUs per virtual site, e.g. 0.25 = four sites per GPU
     ray_address: Optional[str] = None  # attach to this Ray cluster (RAY_ADDRESS) instead of starting one
+    # How updates travel, for the privacy report; set by the launcher: simulation | tls | insecure.
+    transport: str = "simulation"
+
+
+@dataclass
+class SecAggConfig:
+    """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum of the
+    site updates. Updates are sent as deltas, clipped to ``clipping_range`` and quantised."""
+
+    enabled: bool = False
+    # Sites that must survive to unmask the sum (Shamir threshold); 0: a majority of the sampled sites.
+    threshold: int = 0
+    # Neighbours each site shares masks with (SecAgg+); 0: all sampled sites (SecAgg).
+    neighbours: int = 0
+    clipping_range: float = 0.5  # each delta coordinate is clipped to [-r, r] before quantisation
+    quantization_range: int = 4194304  # levels over [-r, r]: the rounding error is r / this
+    modulus_range: int = 4294967296  # arithmetic modulo this for the masked sums
 
 
 @dataclass
@@ -224,6 +270,7 @@ class FederationAppConfig(TrainAppConfig):
     run_dir: str = "runs/federation"
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    secagg: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 @dataclass

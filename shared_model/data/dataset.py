@@ -90,7 +90,7 @@ class RetinaDataset(Dataset):
         try:
             image, params = self.image_for(record, gen)
             item = {"image": image, "aug": params, "text": self.text_for(record, rng),
-                    "labels": ";".join(sorted(record.labels)), "path": str(record.image)}
+                    "labels": ";".join(sorted(record.labels)), "path": str(record.image), "index": index}
         except ImageReadError as exc:
             return {"error": str(exc), "path": str(record.image)}
         candidates = self.partners[index] if self.pair_modalities else []
@@ -121,6 +121,7 @@ class Batch:
     labels: list[str]  # N + M label-set strings
     skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
     aug: torch.Tensor | None = None  # [N + M, P] augmentation parameters; None = no augmentation
+    indices: list[int] = field(default_factory=list)  # N dataset indices of the anchors
 
     @property
     def n_anchors(self) -> int:
@@ -155,7 +156,8 @@ def collate(items: list[dict]) -> Batch:
     params = [it["aug"] for it in anchors] + [it["partner_aug"] for it in paired]
     stacked = torch.stack(images) if images else torch.empty(0)
     aug = torch.stack(params) if params and all(p is not None for p in params) else None
-    return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped, aug)
+    return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped, aug,
+                 [it["index"] for it in anchors])
 
 
 class EpochBatchSampler(Sampler):

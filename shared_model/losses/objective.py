@@ -1,6 +1,7 @@
-"""The EyeCLIP objective: weighted sum of image-text contrast (CLIP or FLAIR soft targets),
-image-image contrast across modalities of the same eye, and MAE reconstruction
-(Shi et al. 2024; default weights 0.75 / 0.75 / 1.0)."""
+"""The EyeCLIP objective: weighted sum of image-text contrast (CLIP, FLAIR soft targets, or —
+valid under DP-SGD — contrast against a public bank of prompt embeddings), image-image contrast
+across modalities of the same eye, and MAE reconstruction (Shi et al. 2024; default weights
+0.75 / 0.75 / 1.0)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,15 @@ import torch
 from torch import nn
 
 from shared_model.config import LossConfig
+from shared_model.losses.bank_contrast import BankContrastLoss, PublicTextBank
 from shared_model.losses.clip_infonce import ClipInfoNCELoss
 from shared_model.losses.flair_soft_targets import FlairSoftTargetLoss
 from shared_model.losses.mae_reconstruction import MAEReconstructionLoss
 from shared_model.losses.modality_contrast import ModalityContrastLoss
 from shared_model.model.retina_clip import ModelOutput, RetinaCLIP
+
+
+IMAGE_TEXT_VARIANTS = ("flair", "clip", "bank")
 
 
 @dataclass
@@ -30,12 +35,15 @@ class EyeCLIPObjective(nn.Module):
 
     def __init__(self, cfg: LossConfig, norm_pix: bool = True):
         super().__init__()
-        if cfg.image_text_variant not in ("clip", "flair"):
-            raise ValueError(f"loss.image_text_variant must be 'clip' or 'flair', got {cfg.image_text_variant!r}")
+        if cfg.image_text_variant not in IMAGE_TEXT_VARIANTS:
+            raise ValueError(f"loss.image_text_variant must be one of {IMAGE_TEXT_VARIANTS}, "
+                             f"got {cfg.image_text_variant!r}")
         self.weights = {"image_text": cfg.image_text, "image_image": cfg.image_image, "mae": cfg.mae}
         if min(self.weights.values()) < 0 or max(self.weights.values()) == 0:
             raise ValueError(f"loss weights must be >= 0 with at least one > 0, got {self.weights}")
-        self.image_text = FlairSoftTargetLoss() if cfg.image_text_variant == "flair" else ClipInfoNCELoss()
+        self.image_text = {"flair": FlairSoftTargetLoss, "clip": ClipInfoNCELoss,
+                           "bank": BankContrastLoss}[cfg.image_text_variant]()
+        self.bank = PublicTextBank() if cfg.image_text_variant == "bank" else None
         self.image_image = ModalityContrastLoss()
         self.mae = MAEReconstructionLoss(norm_pix)
 
@@ -55,15 +63,22 @@ class EyeCLIPObjective(nn.Module):
         return all(term.per_example_decomposable for term in self.active_terms(model))
 
     def forward(self, model: RetinaCLIP, out: ModelOutput, imgs: torch.Tensor, label_ids: torch.Tensor,
-                pair_index: torch.Tensor) -> ObjectiveOutput:
+                pair_index: torch.Tensor, labels: list[str] | None = None) -> ObjectiveOutput:
         """out: model(imgs, texts) on a batch of N anchors followed by their partner images.
 
         imgs: [N + M, 3, H, W]; label_ids: [N + M]; pair_index: [N], position of anchor i's
-        partner in the batch or -1 when it has none.
+        partner in the batch or -1 when it has none; labels: the N + M label-set strings (needed
+        by the bank variant).
         """
         terms: dict[str, torch.Tensor] = {}
         if self.weights["image_text"] > 0:
-            if isinstance(self.image_text, FlairSoftTargetLoss):
+            if self.bank is not None:
+                if labels is None:
+                    raise ValueError("the bank image-text loss needs the batch's label sets")
+                bank = self.bank.embeddings(model)
+                terms["image_text"] = self.image_text(out.image_embeds, out.text_embeds, bank, out.logit_scale,
+                                                      self.bank.targets(labels, imgs.device))
+            elif isinstance(self.image_text, FlairSoftTargetLoss):
                 terms["image_text"] = self.image_text(out.image_embeds, out.text_embeds, out.logit_scale, label_ids)
             else:
                 terms["image_text"] = self.image_text(out.image_embeds, out.text_embeds, out.logit_scale)

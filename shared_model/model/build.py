@@ -35,5 +35,12 @@ def build_model(cfg: ModelConfig, pretrained_text: bool = True) -> RetinaCLIP:
                              cfg.mae.decoder_depth, cfg.mae.decoder_heads)
     text = TextTower(cfg.text.path, cfg.embed_dim, cfg.text.max_length, cfg.text.trainable_layers, pretrained_text)
     volume_pool = SliceAttentionPool(visual.width, cfg.volume_max_slices, cfg.volume_heads) if cfg.volume_max_slices else None
-    return RetinaCLIP(visual, text, cfg.embed_dim, cfg.init_temperature, decoder, cfg.mae.mask_ratio,
-                      cfg.contrast_pass, volume_pool, cfg.image.input_norm)
+    model = RetinaCLIP(visual, text, cfg.embed_dim, cfg.init_temperature, decoder, cfg.mae.mask_ratio,
+                       cfg.contrast_pass, volume_pool, cfg.image.input_norm)
+    if cfg.opacus_compatible:
+        from shared_model.privacy.model_fixes import make_opacus_compatible
+
+        model, _ = make_opacus_compatible(model)
+        # One temperature shared by the whole batch has no per-example gradient: fixed under DP-SGD.
+        model.temperature.log_scale.requires_grad_(False)
+    return model

@@ -7,8 +7,27 @@ site, so they never travel; integer buffers (BatchNorm's step counters) are loca
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError, version
+
 import torch
 from torch import nn
+
+
+def app_version() -> str:
+    """The installed RetinaFL version (sites and coordinator must run the same)."""
+    try:
+        return version("retinafl")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def schema_digest(arrays: Mapping) -> str:
+    """SHA-256 over (name, shape, dtype) of exchanged arrays (anything with ``.shape``/``.dtype``):
+    equal digests mean a site's model and the coordinator's exchange the same tensors."""
+    text = "\n".join(f"{name}:{tuple(a.shape)}:{a.dtype}" for name, a in arrays.items())
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def exchanged_names(model: nn.Module) -> list[str]:

@@ -28,7 +28,7 @@ class MAEDecoder(nn.Module):
         """tokens: [N, 1 + L_keep, D_enc], ids_restore: [N, L] -> predicted patches [N, L, p*p*3]."""
         x = self.embed(tokens)
         n_masked = ids_restore.shape[1] + 1 - x.shape[1]
-        patches = torch.cat([x[:, 1:], self.mask_token(x, n_masked)], dim=1)  # [N, L, D] shuffled order
+        patches = torch.cat([x[:, 1:], self.mask_token(x.detach(), count=n_masked)], dim=1)  # [N, L, D] shuffled order
         patches = torch.gather(patches, 1, ids_restore.unsqueeze(-1).expand(-1, -1, x.shape[2]))
         x = torch.cat([x[:, :1], patches], dim=1) + self.pos_embed.to(x.dtype)
         for block in self.blocks:

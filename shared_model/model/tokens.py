@@ -19,8 +19,13 @@ class LearnedToken(nn.Module):
         self.token = nn.Parameter(torch.zeros(1, 1, dim))
         nn.init.normal_(self.token, std=init_std)
 
-    def forward(self, like: torch.Tensor, count: int = 1) -> torch.Tensor:
-        """Return the token expanded to ``(like.shape[0], count, dim)`` in ``like``'s dtype."""
+    def forward(self, like: torch.Tensor, *, count: int = 1) -> torch.Tensor:
+        """Return the token expanded to ``(like.shape[0], count, dim)`` in ``like``'s dtype.
+
+        Only the shape and dtype of ``like`` are read: pass it detached, so the module's backward
+        hook (Opacus' per-sample gradient) fires on the output's gradient, and ``count`` by
+        keyword, since Opacus records every positional input as an activation.
+        """
         return self.token.to(like.dtype).expand(like.shape[0], count, -1)
 
 

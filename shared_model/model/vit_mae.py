@@ -76,7 +76,7 @@ class MaskedViT(nn.Module):
         mask = ids_restore = None
         if mask_ratio > 0:
             x, mask, ids_restore = random_masking(x, mask_ratio)
-        cls = self.cls_token(x) + self.pos_embed[:, :1, :].to(x.dtype)
+        cls = self.cls_token(x.detach()) + self.pos_embed[:, :1, :].to(x.dtype)
         x = torch.cat([cls, x], dim=1)
         for block in self.blocks:
             x = block(x)

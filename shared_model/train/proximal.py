@@ -20,3 +20,12 @@ class ProximalTerm:
     def __call__(self, model: nn.Module) -> torch.Tensor:
         squared = [((p - self.anchor[name]) ** 2).sum() for name, p in model.named_parameters() if p.requires_grad]
         return 0.5 * self.mu * torch.stack(squared).sum()
+
+    @torch.no_grad()
+    def add_gradient(self, model: nn.Module) -> None:
+        """Add the term's gradient ``mu * (w - w_global)`` to ``p.grad`` directly. DP-SGD uses
+        this after noising: the term reads no data, so adding it outside the mechanism is
+        post-processing and costs no privacy."""
+        for name, p in model.named_parameters():
+            if p.requires_grad and p.grad is not None:
+                p.grad.add_(p - self.anchor[name], alpha=self.mu)

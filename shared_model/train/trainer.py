@@ -84,7 +84,7 @@ class LocalTrainer:
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
             out = self.model(imgs, batch.texts)
             loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
-                                  batch.pair_index.to(self.device))
+                                  batch.pair_index.to(self.device), batch.labels)
         total = loss.total if self.proximal is None else loss.total + self.proximal(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -96,6 +96,10 @@ class LocalTrainer:
         return loss
 
     # --- the loop ----------------------------------------------------------------------------
+    def accepts(self, batch: Batch) -> bool:
+        """Whether a batch is trained on: a contrastive batch needs two anchors."""
+        return batch.n_anchors >= 2
+
     def _loader(self, dataset: RetinaDataset) -> DataLoader:
         sampler = EpochBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.epoch, self.batch_in_epoch)
         # A private generator: DataLoader otherwise draws its worker base seed from the global RNG,
@@ -121,7 +125,7 @@ class LocalTrainer:
                         skipped.extend(batch.skipped)
                         for reason in batch.skipped:
                             log.warning("unreadable image skipped: %s", reason)
-                    if batch.n_anchors < 2:
+                    if not self.accepts(batch):
                         continue
                     loss = self.train_step(batch)
                     done += 1

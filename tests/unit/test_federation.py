@@ -102,6 +102,6 @@ def test_one_site_fedavg_equals_local_training(small_phantom, tmp_path):
     seed_everything(cfg.train.seed)
     initial = exchanged_state_dict(build_model(cfg.model))
     site = Site("site_0", [str(small_phantom / "site_0" / "manifest.csv")], tmp_path / "alone", cfg.train.device)
-    local, _ = train_round(cfg, site, initial, 1)
+    local = train_round(cfg, site, initial, 1).state
     for name, tensor in local.items():
         assert torch.equal(tensor, federated[name]), name

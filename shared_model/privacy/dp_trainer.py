@@ -1,0 +1,117 @@
+"""DP-SGD training with Opacus (Abadi et al. 2016, "Deep Learning with Differential Privacy"):
+Poisson-sampled privacy units, per-unit gradient clipping to C, Gaussian noise of std σ·C on
+the sum, divided by the expected batch size.
+
+Opacus' ``GradSampleModule`` (hooks) computes one gradient per image; the images of one unit
+(a patient, or the image itself) are summed into that unit's gradient before Opacus'
+``DPOptimizer`` clips and noises, so clipping — and ε — is per unit. The objective must be
+per-example decomposable, the CLIP temperature is frozen (one scalar shared by the batch has no
+per-example gradient), and FedProx's data-independent pull is added after the noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from shared_model.config import TrainConfig
+from shared_model.data.dataset import Batch, RetinaDataset, collate
+from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
+from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
+from shared_model.privacy.errors import PrivacyConfigError
+from shared_model.privacy.units import PoissonUnitSampler, secret_generator
+from shared_model.train.proximal import ProximalTerm
+from shared_model.train.trainer import LocalTrainer
+
+log = logging.getLogger(__name__)
+
+# Expected: class/mask tokens take a detached input, so their hooks fire on the output gradient.
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed with respect "
+                        "to module outputs since no inputs require gradients")
+
+
+class PoissonBatches(Sampler):
+    """Endless Poisson-sampled batches of ``(index, sample seed)``; seeds come from the secret generator."""
+
+    def __init__(self, sampler: PoissonUnitSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        while True:
+            indices = self.sampler.draw()
+            seeds = torch.randint(0, 2 ** 62, (len(indices),), generator=self.sampler.generator).tolist()
+            yield list(zip(indices, seeds))
+
+
+class DPSGDTrainer(LocalTrainer):
+    """:class:`LocalTrainer` whose steps are DP-SGD steps over privacy units."""
+
+    def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
+                 record_units: list[int], sample_rate: float, noise_multiplier: float, max_grad_norm: float,
+                 total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None):
+        from opacus import GradSampleModule
+        from opacus.optimizers import DPOptimizer
+
+        if not objective.per_example_decomposable(model):
+            raise PrivacyConfigError("DP-SGD needs a per-example decomposable objective: in-batch contrast couples "
+                                     "examples, so clipping per example bounds nothing (set loss.image_text_variant=bank "
+                                     "and loss.image_image=0, or use privacy=dp_sgd)")
+        if model.temperature.log_scale.requires_grad:
+            raise PrivacyConfigError("the model was not built for DP-SGD: set model.opacus_compatible=true "
+                                     "(privacy=dp_sgd does), which also fixes the CLIP temperature")
+        super().__init__(model, objective, cfg, device, total_steps, num_workers, proximal)
+        self.sampler = PoissonUnitSampler(record_units, sample_rate, secret_generator())
+        self.record_units = torch.tensor(record_units, dtype=torch.long)
+        self.grad_module = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
+        self.optimizer = DPOptimizer(self.optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                     expected_batch_size=sample_rate * self.sampler.num_units,
+                                     loss_reduction="mean", generator=secret_generator(self.device))
+
+    def accepts(self, batch: Batch) -> bool:
+        """Every Poisson batch is a step, even an empty one: the accountant counts it."""
+        return True
+
+    def _loader(self, dataset: RetinaDataset) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=PoissonBatches(self.sampler), collate_fn=collate,
+                          num_workers=self.num_workers, pin_memory=self.device.type == "cuda")
+
+    def train_step(self, batch: Batch) -> ObjectiveOutput:
+        """One DP-SGD step: per-image gradients, summed per unit, clipped, noised, applied."""
+        if len(batch.pair_index) and int(batch.pair_index.max()) >= 0:
+            raise PrivacyConfigError("modality partners in a DP-SGD batch: pairing must be off under DP-SGD")
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        if batch.indices:
+            imgs = batch.model_input(self.device, self.model.input_norm)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+                out = self.model(imgs, batch.texts)
+                loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
+                                      batch.pair_index.to(self.device), batch.labels)
+            loss.total.backward()
+            self._sum_per_unit(self.record_units[batch.indices])
+        else:
+            loss = ObjectiveOutput(torch.zeros(()), {})
+            for p in self.optimizer.params:
+                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+        if self.optimizer.pre_step():
+            if self.proximal is not None:
+                self.proximal.add_gradient(self.model)
+            self.optimizer.original_optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return loss
+
+    def _sum_per_unit(self, units: torch.Tensor) -> None:
+        """Replace per-image gradients with per-unit sums (rows = distinct units of the batch)."""
+        _, slot = torch.unique(units, return_inverse=True)
+        count = int(slot.max()) + 1
+        slot = slot.to(self.device)
+        for p in self.optimizer.params:
+            per_image = self.optimizer._get_flat_grad_sample(p)
+            summed = torch.zeros((count, *per_image.shape[1:]), device=per_image.device, dtype=per_image.dtype)
+            p.grad_sample = summed.index_add_(0, slot, per_image)
