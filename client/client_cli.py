@@ -2,10 +2,13 @@
 
   retina-client check --manifest site.csv [--device auto]
   retina-client --manifest site.csv --server HOST:PORT --name eye-clinic \\
-      (--root-certificates ca.crt | --insecure) [--state-dir DIR] [--device auto] [--port 9094]
+      --root-certificates ca.crt --auth-key site.key [--state-dir DIR] [--device auto] [--port 9094]
+  retina-client ... --insecure            (loopback tests only: no TLS, no site key; prints a warning)
 
 Joining validates the manifest, then becomes Flower's SuperNode (same process id, so the site's
-service manager or a test can stop it by PID). The manifest path, state folder and device go to
+service manager or a test can stop it by PID). By default it connects over TLS (the federation's
+CA, or the system's CAs without ``--root-certificates``) and proves its identity with the private
+key from ``retina-server pki add-site``; a SuperLink that does not know the key refuses the site. The manifest path, state folder and device go to
 the SuperNode's node config, read only by this site's ClientApp; they never reach the coordinator.
 Runtime dependency installation, update checks and telemetry are off.
 """
@@ -76,10 +79,18 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     command = [str(Path(sys.executable).parent / "flower-supernode"), "--superlink", args.server,
                "--port", str(args.port), "--node-config", " ".join(f'{k}="{v}"' for k, v in node_config.items())]
     if args.insecure:
-        command.append("--insecure")
-    else:
+        return command + ["--insecure"]
+    if args.root_certificates:
         command += ["--root-certificates", str(Path(args.root_certificates).resolve())]
-    return command
+    if not args.auth_key:
+        raise ValueError("--auth-key is required over TLS: the site's private key from retina-server pki add-site")
+    key = Path(args.auth_key).resolve()
+    if not key.is_file():
+        raise FileNotFoundError(f"--auth-key {key}: not found")
+    if key.stat().st_mode & 0o077:
+        raise ValueError(f"--auth-key {key}: readable by other users (mode {key.stat().st_mode & 0o777:o}); "
+                         "run chmod 600 on it")
+    return command + ["--auth-supernode-private-key", str(key)]
 
 
 def _join(args: argparse.Namespace) -> NoReturn:
@@ -87,6 +98,9 @@ def _join(args: argparse.Namespace) -> NoReturn:
     from shared_model.data.manifest import load_manifest
     from shared_model.offline_env import offline_env
 
+    if args.insecure:
+        Console(stderr=True).print("[yellow]warning: --insecure: no TLS — this site's updates travel unencrypted and "
+                                   "it is not authenticated. Use it only for tests on loopback.[/yellow]")
     load_manifest(args.manifest)
     _, _, state_dir = site_paths(args)
     state_dir.mkdir(parents=True, exist_ok=True)
@@ -114,9 +128,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--state-dir", help="where this site keeps its trainer state (default ~/.retinafl/sites/NAME)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--port", type=int, default=9094, help="local port of the SuperNode's ClientApp API")
-    security = parser.add_mutually_exclusive_group(required=True)
-    security.add_argument("--root-certificates", help="CA certificate that signed the SuperLink's TLS certificate")
-    security.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    security = parser.add_mutually_exclusive_group()
+    security.add_argument("--root-certificates", help="the federation's CA certificate (default: the system's CAs)")
+    security.add_argument("--insecure", action="store_true", help="no TLS, no site key (loopback tests only)")
+    parser.add_argument("--auth-key", help="this site's private key (OpenSSH format, from retina-server pki add-site)")
     args = parser.parse_args(argv)
     from shared_model.cli.errors import user_errors
 

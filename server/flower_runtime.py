@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from pathlib import Path
 import tomli_w
 
 from shared_model.atomic_files import write_text_atomic
+from shared_model.offline_env import offline_env
 
 FINISHED = "finished:completed"
 
@@ -81,6 +83,18 @@ def _json_tail(text: str) -> dict:
 def flwr_json(args: list[str], env: dict[str, str]) -> dict:
     """``flwr ARGS --format json`` parsed."""
     return _json_tail(_flwr([*args, "--format", "json"], env))
+
+
+def register_site_key(public_key: Path, name: str, connection: Connection) -> int:
+    """Register a site's public key with the SuperLink (``flwr supernode register``) from a
+    temporary FLWR_HOME; returns the node id Flower assigned."""
+    with tempfile.TemporaryDirectory(prefix="retinafl-register-") as home:
+        write_connections(Path(home), [connection])
+        reply = flwr_json(["supernode", "register", str(public_key), connection.name, "--name", name],
+                          offline_env(Path(home)))
+    if not reply.get("success", True) or "node-id" not in reply:
+        raise FlowerRunError(f"registering {public_key} was refused: {reply}")
+    return int(reply["node-id"])
 
 
 def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_config: dict | None = None) -> int:

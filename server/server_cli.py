@@ -1,15 +1,21 @@
 """``retina-server``: the coordinator's commands.
 
-  retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir DIR | --insecure)
-  retina-server run --superlink HOST:PORT (--root-certificates ca.crt | --insecure) [HYDRA OVERRIDES ...]
+  retina-server pki init --dir PKI --host coordinator.example.org --host 10.0.0.5
+  retina-server pki add-site NAME --dir PKI [--public-key site.pub] [--superlink HOST:PORT]
+  retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir PKI | --insecure)
+  retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [HYDRA OVERRIDES ...]
   retina-server run --superlink HOST:PORT ... --resume RUN_DIR [HYDRA OVERRIDES ...]
-  retina-server status --superlink HOST:PORT (--root-certificates ca.crt | --insecure) [--run-dir RUN_DIR]
+  retina-server status --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--run-dir RUN_DIR]
 
-``superlink`` becomes Flower's SuperLink (same PID), its state in ``STATE_DIR/state.db`` so a
-restart remembers runs; one port serves sites, the run API and ``status``. ``run`` launches the
-federated run (the config is composed like ``retina-sim``'s), prints rounds as they complete and
-waits for the end; ``--resume`` continues a run folder from its last complete round. ``status``
-lists connected sites and runs, and the current round and last metrics of a run folder.
+``pki`` makes the federation's CA, the SuperLink certificate and the sites' key pairs
+(``server/pki.py``); ``add-site --superlink`` also registers the site's public key, without
+which the SuperLink refuses the site. ``superlink`` becomes Flower's SuperLink (same PID) over
+TLS with SuperNode authentication, its state in ``STATE_DIR/state.db`` so a restart remembers
+runs and registered sites; one port serves sites, the run API and ``status``. ``run`` launches
+the federated run (the config is composed like ``retina-sim``'s), prints rounds as they complete
+and waits for the end; ``--resume`` continues a run folder from its last complete round.
+``status`` lists sites and runs, and the current round and last metrics of a run folder.
+TLS is the default everywhere; ``--insecure`` must be given explicitly and prints a warning.
 """
 
 from __future__ import annotations
@@ -25,12 +31,15 @@ from rich.console import Console
 from rich.table import Table
 
 TLS_FILES = ("ca.crt", "server.pem", "server.key")
+INSECURE_WARNING = ("[yellow]warning: --insecure: no TLS — updates and metrics travel unencrypted and sites are "
+                    "not authenticated. Use it only for tests on loopback.[/yellow]")
 
 
 def _security(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_mutually_exclusive_group(required=True)
-    group.add_argument("--root-certificates", help="CA certificate of the SuperLink's TLS certificate")
-    group.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--root-certificates", help="CA certificate of the SuperLink's TLS certificate "
+                       "(default: the system's CAs)")
+    group.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only; prints a warning)")
 
 
 def superlink_command(args: argparse.Namespace) -> list[str]:
@@ -43,9 +52,9 @@ def superlink_command(args: argparse.Namespace) -> list[str]:
     certs = Path(args.certs_dir).resolve()
     missing = [name for name in TLS_FILES if not (certs / name).is_file()]
     if missing:
-        raise FileNotFoundError(f"{certs}: missing {', '.join(missing)} (make them with retina-server pki)")
+        raise FileNotFoundError(f"{certs}: missing {', '.join(missing)} (make them with retina-server pki init)")
     return command + ["--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
-                      "--ssl-keyfile", str(certs / "server.key")]
+                      "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth"]
 
 
 def _superlink(args: argparse.Namespace) -> NoReturn:
@@ -54,7 +63,10 @@ def _superlink(args: argparse.Namespace) -> NoReturn:
     state_dir = Path(args.state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     command = superlink_command(args)
-    Console().print(f"SuperLink on {args.host}:{args.port}, state in {state_dir / 'state.db'}", highlight=False)
+    if args.insecure:
+        Console(stderr=True).print(INSECURE_WARNING, highlight=False)
+    Console().print(f"SuperLink on {args.host}:{args.port} ({'insecure' if args.insecure else 'TLS, site keys required'}), "
+                    f"state in {state_dir / 'state.db'}", highlight=False)
     sys.stdout.flush()
     os.execve(command[0], command, offline_env(state_dir / "flwr-home"))
 
@@ -62,6 +74,8 @@ def _superlink(args: argparse.Namespace) -> NoReturn:
 def _connection(args: argparse.Namespace):
     from server.flower_runtime import Connection
 
+    if args.insecure:
+        Console(stderr=True).print(INSECURE_WARNING, highlight=False)
     return Connection("coordinator", args.superlink, insecure=args.insecure,
                       root_certificates=str(Path(args.root_certificates).resolve()) if args.root_certificates else None)
 
@@ -134,6 +148,36 @@ def _status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _pki(args: argparse.Namespace) -> int:
+    from server.flower_runtime import Connection, register_site_key
+    from server.pki import add_site, check_public_key, init_pki, site_dir
+
+    console = Console()
+    folder = Path(args.dir).resolve()
+    if args.pki_command == "init":
+        written = init_pki(folder, args.host, args.days)
+        console.print(f"wrote {', '.join(p.name for p in written)} to {folder} (keys mode 0600). Start the SuperLink "
+                      f"with --certs-dir {folder}; give sites {folder / 'ca.crt'}.", highlight=False)
+        return 0
+    if args.public_key:
+        public = Path(args.public_key).resolve()
+        check_public_key(public)
+        console.print(f"site {args.name}: using its own public key {public}", highlight=False)
+    else:
+        private, public = add_site(folder, args.name)
+        console.print(f"site {args.name}: key pair in {site_dir(folder, args.name)} (private key mode 0600: move "
+                      f"{private.name} to the site over a secure channel, then delete it here)", highlight=False)
+    if args.superlink:
+        node_id = register_site_key(public, args.name, Connection("coordinator", args.superlink,
+                                                                  root_certificates=str(folder / "ca.crt")))
+        console.print(f"site {args.name}: public key registered with {args.superlink} (node id {node_id})",
+                      highlight=False)
+    else:
+        console.print(f"not registered yet: run this again with --public-key {public} --superlink HOST:PORT "
+                      "once the SuperLink is up", highlight=False, soft_wrap=True)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="retina-server", description="RetinaFL coordinator")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -142,13 +186,25 @@ def main(argv: list[str] | None = None) -> None:
     link.add_argument("--host", default="127.0.0.1", help="interface to listen on (0.0.0.0 for remote sites)")
     link.add_argument("--port", type=int, default=9092, help="the one port sites and the run API use")
     group = link.add_mutually_exclusive_group(required=True)
-    group.add_argument("--certs-dir", help=f"folder with {', '.join(TLS_FILES)}")
-    group.add_argument("--insecure", action="store_true", help="no TLS (loopback tests only)")
+    group.add_argument("--certs-dir", help=f"PKI folder with {', '.join(TLS_FILES)} (retina-server pki init)")
+    group.add_argument("--insecure", action="store_true", help="no TLS, no site authentication (loopback tests only)")
     run = commands.add_parser("run", help="launch a federated run and follow it")
     run.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     _security(run)
     run.add_argument("--resume", type=Path, help="continue this run folder from its last complete round")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=5 strategy=fedprox")
+    pki = commands.add_parser("pki", help="the federation's CA, SuperLink certificate and site keys")
+    pki_commands = pki.add_subparsers(dest="pki_command", required=True)
+    init = pki_commands.add_parser("init", help="create the CA and the SuperLink's TLS certificate")
+    init.add_argument("--dir", required=True, help="PKI folder (created; nothing in it is overwritten)")
+    init.add_argument("--host", action="append", required=True,
+                      help="a host name or IP address sites dial (repeat for several)")
+    init.add_argument("--days", type=int, default=825, help="validity of the certificates")
+    site = pki_commands.add_parser("add-site", help="create (or take) a site's key pair and register it")
+    site.add_argument("name", help="the site's name")
+    site.add_argument("--dir", required=True, help="PKI folder made by pki init")
+    site.add_argument("--public-key", help="register this OpenSSH public key the site made itself instead")
+    site.add_argument("--superlink", help="HOST:PORT of the running SuperLink to register the key with")
     status = commands.add_parser("status", help="connected sites, runs, and a run folder's progress")
     status.add_argument("--superlink", required=True)
     _security(status)
@@ -157,12 +213,13 @@ def main(argv: list[str] | None = None) -> None:
 
     from shared_model.cli.errors import user_errors
     from server.flower_runtime import FlowerRunError
+    from server.pki import PKIError
     from server.rounds import QuorumError
 
-    with user_errors(FlowerRunError, QuorumError):
+    with user_errors(FlowerRunError, QuorumError, PKIError):
         if args.command == "superlink":
             _superlink(args)
-        sys.exit({"run": _run, "status": _status}[args.command](args))
+        sys.exit({"run": _run, "status": _status, "pki": _pki}[args.command](args))
 
 
 if __name__ == "__main__":

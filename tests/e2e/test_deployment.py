@@ -1,7 +1,9 @@
-"""Deployment on loopback with real processes, as a coordinator and three hospitals run it:
+"""Deployment on loopback with real processes, as a coordinator and three hospitals run it, in
+the default mode — TLS with the federation's CA and registered site keys (``retina-server pki``):
 ``retina-server superlink``, three ``retina-client`` SuperNodes, ``retina-server run`` for 2
-rounds during which one site is killed mid-round, ``retina-server status``; every process is
-started here and stopped by PID."""
+rounds during which one site is killed mid-round, ``retina-server status``; and site identity:
+an unregistered key and a client without the CA are refused. Every process is started here and
+stopped by PID."""
 
 from __future__ import annotations
 
@@ -42,32 +44,69 @@ def _wait_for_text(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _wait_for_sites(superlink: str, run_dir: Path, n: int, timeout: float = 120) -> str:
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pki")
+    made = _cli("retina-server", "pki", "init", "--dir", str(folder), "--host", "localhost", "--host", "127.0.0.1")
+    assert made.returncode == 0, made.stderr
+    return folder
+
+
+def _superlink(pki: Path, state: Path, port: int, log: Path) -> subprocess.Popen:
+    proc = _start([str(BIN / "retina-server"), "superlink", "--state-dir", str(state), "--port", str(port),
+                   "--certs-dir", str(pki)], log)
+    _wait_for_text(log, "Uvicorn running on", timeout=60)
+    return proc
+
+
+def _add_site(pki: Path, name: str, superlink: str | None) -> Path:
+    made = _cli("retina-server", "pki", "add-site", name, "--dir", str(pki),
+                *(["--superlink", superlink] if superlink else []))
+    assert made.returncode == 0, made.stderr + made.stdout
+    return pki / "sites" / name / "site.key"
+
+
+def _join(phantom: Path, k: int, superlink: str, name: str, key: Path, state: Path, log: Path,
+          ca: Path | None) -> subprocess.Popen:
+    return _start([str(BIN / "retina-client"), "--manifest", str(phantom / f"site_{k}" / "manifest.csv"),
+                   "--server", superlink, "--port", str(free_port()), "--name", name, "--state-dir", str(state),
+                   "--auth-key", str(key), *(["--root-certificates", str(ca)] if ca else [])], log)
+
+
+def _online(status: str) -> int:
+    """Sites whose status cell reads 'online' in ``retina-server status`` (the header says 'online since')."""
+    return sum("│ online" in line for line in status.splitlines())
+
+
+def _wait_for_sites(superlink: str, run_dir: Path, n: int, ca: Path, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        status = subprocess.run([str(BIN / "retina-server"), "status", "--superlink", superlink, "--insecure",
-                                 "--run-dir", str(run_dir)], capture_output=True, text=True, env=ENV, timeout=120)
-        if status.stdout.count("online") >= n or time.monotonic() > deadline:
+        status = subprocess.run([str(BIN / "retina-server"), "status", "--superlink", superlink,
+                                 "--root-certificates", str(ca), "--run-dir", str(run_dir)],
+                                capture_output=True, text=True, env=ENV, timeout=120)
+        if _online(status.stdout) >= n or time.monotonic() > deadline:
             return status.stdout
         time.sleep(2)
 
 
-def test_three_sites_two_rounds_one_killed_mid_round(phantom, tmp_path):
+def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
     port = free_port()
     superlink = f"127.0.0.1:{port}"
+    ca = pki / "ca.crt"
     run_dir = tmp_path / "run"
-    processes = [_start([str(BIN / "retina-server"), "superlink", "--state-dir", str(tmp_path / "link"),
-                         "--port", str(port), "--insecure"], tmp_path / "superlink.log")]
+    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
     try:
-        time.sleep(2)
         for k in range(3):
-            processes.append(_start([str(BIN / "retina-client"), "--manifest", str(phantom / f"site_{k}" / "manifest.csv"),
-                                     "--server", superlink, "--insecure", "--port", str(free_port()),
-                                     "--name", f"hospital-{k}", "--state-dir", str(tmp_path / f"site{k}")],
-                                    tmp_path / f"site{k}.log"))
-        assert _wait_for_sites(superlink, run_dir, 3).count("online") >= 3
+            key = _add_site(pki, f"hospital-{k}", superlink)
+            processes.append(_join(phantom, k, superlink, f"hospital-{k}", key, tmp_path / f"site{k}",
+                                   tmp_path / f"site{k}.log", ca))
+        assert _online(_wait_for_sites(superlink, run_dir, 3, ca)) == 3
         coordinator = subprocess.Popen(
-            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--insecure",
+            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--root-certificates", str(ca),
              f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "federation.min_sites=2",
              "federation.min_available=2", "federation.round_timeout=150", "train.steps=2", "train.batch_size=8",
@@ -87,9 +126,11 @@ def test_three_sites_two_rounds_one_killed_mid_round(phantom, tmp_path):
         for path in run_dir.rglob("*"):
             if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".toml", ".log"):
                 assert str(phantom / "site_0") not in path.read_text(errors="replace"), path
-        status = _wait_for_sites(superlink, run_dir, 2)
+        status = _wait_for_sites(superlink, run_dir, 2, ca)
         assert "finished:completed" in status and "round 2 complete" in status
         assert (tmp_path / "site0" / "trainer" / "round_0002" / "trainer_state.pt").is_file()
+        privacy = (run_dir / "privacy.md").read_text()
+        assert "| Transport | TLS |" in privacy and "| 2 | hospital-0 | none |" in privacy
     finally:
         for proc in reversed(processes):  # sites first, so they unregister from the SuperLink
             stop_process(proc.pid)
@@ -109,3 +150,45 @@ def test_site_check_reports_readiness_and_refuses_bad_data(phantom, tmp_path):
     refused = subprocess.run([str(BIN / "retina-client"), "--manifest", str(bad), "--server", "127.0.0.1:1",
                               "--insecure"], capture_output=True, text=True, env=ENV, timeout=300)
     assert refused.returncode == 2 and "missing.png" in refused.stderr and "Traceback" not in refused.stderr
+    assert "warning: --insecure" in refused.stderr
+
+
+def _exit_code(proc: subprocess.Popen, timeout: float) -> int | None:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_site_identity_registered_key_joins_others_are_refused(phantom, pki, tmp_path):
+    for name in ("ca.key", "server.key"):
+        assert (pki / name).stat().st_mode & 0o777 == 0o600
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    ca = pki / "ca.crt"
+    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
+    try:
+        valid = _add_site(pki, "registered", superlink)
+        stranger = _add_site(pki, "stranger", None)  # keys made, never registered
+        no_ca = _add_site(pki, "no-ca", superlink)
+        assert valid.stat().st_mode & 0o777 == 0o600
+        processes.append(_join(phantom, 0, superlink, "registered", valid, tmp_path / "a", tmp_path / "a.log", ca))
+        assert _online(_wait_for_sites(superlink, tmp_path / "run", 1, ca)) == 1
+        processes.append(_join(phantom, 1, superlink, "stranger", stranger, tmp_path / "b", tmp_path / "b.log", ca))
+        processes.append(_join(phantom, 2, superlink, "no-ca", no_ca, tmp_path / "c", tmp_path / "c.log", None))
+        assert _exit_code(processes[2], 90) not in (None, 0)
+        assert "Failed to activate SuperNode" in (tmp_path / "b.log").read_text()
+        assert _exit_code(processes[3], 90) not in (None, 0)
+        assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "c.log").read_text()
+        assert processes[1].poll() is None  # the registered site is still connected
+        listed = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", str(ca))
+        assert _online(listed.stdout) == 1
+        for log in tmp_path.glob("*.log"):  # no private key material in any log
+            assert "PRIVATE KEY" not in log.read_text(errors="replace")
+    finally:
+        for proc in reversed(processes):
+            stop_process(proc.pid)
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
