@@ -51,7 +51,7 @@ def secagg_delta(local: ArrayRecord, global_arrays: ArrayRecord, clip: float) ->
             raise ValueError(f"non-finite values in the update of {key!r}; not sending it")
         clipped += int((np.abs(delta) > clip).sum())
         total += delta.size
-        deltas[key] = Array(np.clip(delta, -clip, clip))
+        deltas[key] = Array(np.asarray(np.clip(delta, -clip, clip)))  # np.clip turns 0-d arrays into scalars
     return ArrayRecord(deltas), clipped / max(total, 1)
 
 

@@ -39,6 +39,6 @@ def secagg_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> 
     out = secaggplus_mod(msg, context, legacy_reply)
     if out.has_content():
         content = out.content
-        for key in [*content.array_records.keys(), *(k for k in LEGACY_RECORDS if k in content)]:
+        for key in {*content.array_records.keys(), *(k for k in LEGACY_RECORDS if k in content)}:
             del content[key]
     return out

@@ -28,10 +28,7 @@ from shared_model.eval.evaluate import evaluate_model
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
-from shared_model.privacy.dp_trainer import DPSGDTrainer
-from shared_model.privacy.ledger import LEDGER_FILE, PrivacyLedger
-from shared_model.privacy.plan import open_ledger, plan_dp
-from shared_model.privacy.units import unit_ids
+from shared_model.privacy.session import DPSession
 from shared_model.train.centralized import load_training_records
 from shared_model.train.proximal import ProximalTerm
 from shared_model.train.trainer import LocalTrainer, resolve_device, seed_everything
@@ -122,21 +119,16 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
                             augment=app.data.augment)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     total_steps = app.federation.rounds * app.train.steps
-    plan = ledger = None
+    session = None
     if app.privacy.mode == "dp-sgd":
-        ledger = open_ledger(site.state_dir, app.privacy, trained_before=(site.state_dir / "trainer").is_dir())
-        units = unit_ids(records, app.privacy.unit)
-        plan = plan_dp(app.privacy, units, app.train.batch_size, total_steps, ledger)
-        ledger = ledger or PrivacyLedger(plan.accountant, plan.delta, plan.unit, plan.units)
-        spent = ledger.spent()
-        if ledger.spent([(plan.noise_multiplier, plan.sample_rate, app.train.steps)]) > plan.epsilon_budget:
-            log.warning("site %s: round %d would pass the privacy budget ε=%.3g (spent %.3g); not training",
-                        site.name, server_round, plan.epsilon_budget, spent)
+        session = DPSession.open(site.state_dir, app.privacy, records, app.train.batch_size, total_steps,
+                                 trained_before=(site.state_dir / "trainer").is_dir())
+        if not session.allows(app.train.steps):
+            spent = session.ledger.spent()
             metrics = {"num-examples": 0, "site-weight": 0.0, "server-round": server_round, "steps": 0,
                        "privacy-budget-exhausted": 1, "epsilon": spent}
-            return RoundResult(exchanged_state_dict(model), metrics, {**plan.describe(), "epsilon": spent})
-        trainer = DPSGDTrainer(model, objective, app.train, device, units, plan.sample_rate, plan.noise_multiplier,
-                               plan.max_grad_norm, total_steps, app.data.num_workers, proximal)
+            return RoundResult(exchanged_state_dict(model), metrics, session.describe())
+        trainer = session.trainer(model, objective, app.train, device, total_steps, app.data.num_workers, proximal)
     else:
         trainer = LocalTrainer(model, objective, app.train, device, total_steps=total_steps,
                                num_workers=app.data.num_workers, proximal=proximal)
@@ -152,11 +144,10 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
     privacy: dict[str, str | float | int] = {"mode": "none"}
     metrics = {"num-examples": len(records), "site-weight": 1.0, "server-round": server_round, "steps": stats.steps,
                "images": stats.images, "seconds": round(stats.seconds, 3), "skipped-images": len(stats.skipped)}
-    if plan is not None:
+    if session is not None:
         # The ledger is written before the update leaves: a crash in between over-counts, never under-counts.
-        metrics["epsilon"] = ledger.record(plan.noise_multiplier, plan.sample_rate, stats.steps, {"round": server_round})
-        ledger.save(site.state_dir / LEDGER_FILE)
-        privacy = {**plan.describe(), "epsilon": metrics["epsilon"], "steps-total": ledger.total_steps}
+        metrics["epsilon"] = session.record(stats.steps, {"round": server_round})
+        privacy = session.describe()
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
     metrics.update({f"loss.{name}": float(stats.losses.get(name, 0.0)) for name in LOSS_TERMS})

@@ -131,7 +131,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         record = history_record(report, server_eval)
         state.round = report.round
         state.history.append(record)
-        privacy_round = {"round": report.round, "sites": report.site_privacy}
+        privacy_round = {"round": report.round, "sites": report.site_privacy, "secagg": report.secagg}
         if accountant is not None:
             privacy_round.update(central_sites=len(report.sites), central_epsilon=accountant.release(len(report.sites)))
             state.privacy["central"].update(accountant=accountant.state_dict(), epsilon=accountant.epsilon(),

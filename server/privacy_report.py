@@ -67,6 +67,20 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
                          f"{_fmt(s.get('sample-rate'))} | {_fmt(s.get('steps-total'))} | {_fmt(s.get('epsilon'))} | "
                          f"{_fmt(s.get('delta'))} | {'on' if cfg.secagg.enabled else 'off'} | "
                          f"{cfg.federation.transport} |")
+    if cfg.secagg.enabled:
+        lines += ["", "## Secure aggregation per round", "",
+                  "| round | sites unmasked | dropped (setup / share keys / masked vectors / unmask) | quantisation step |",
+                  "|---|---|---|---|"]
+        for r in rounds:
+            s = r.get("secagg") or {}
+            dropped = s.get("dropped", {})
+            lines.append(f"| {r['round']} | {_fmt(s.get('survivors'))} | "
+                         + " / ".join(str(dropped.get(k, "—")) for k in
+                                      ("setup", "share_keys", "collect_masked_vectors", "unmask"))
+                         + f" | {_fmt(s.get('quantisation-step'))} |")
+        lines += ["", "Each site's delta is clipped to ±clipping range per coordinate (the share of clipped "
+                  "coordinates is in its metrics, `secagg-clipped-fraction`) and stochastically rounded to the "
+                  "quantisation grid: the unmasked mean differs from the exact mean by less than one step."]
     if p.central != "none":
         lines += ["", "## Client-level DP per round", "", "| round | sites aggregated | ε so far |", "|---|---|---|"]
         lines += [f"| {r['round']} | {r.get('central_sites', '—')} | {_fmt(r.get('central_epsilon'))} |" for r in rounds]

@@ -3,8 +3,11 @@ loop adds what a hospital federation needs around it and Flower's ``Strategy.sta
 give — a deadline on every wait, a quorum, retries, screening of replies, and a hook after each
 round (evaluation, checkpoint) so a run can stop and resume at any round boundary.
 
-Screening rejects, before aggregation, a reply that carries an error, belongs to another round
-(stale), has different weight names than the global model, or contains NaN/inf. If fewer than
+Screening rejects, before aggregation, a reply that carries an error (a site that refuses the
+round, e.g. another model schema or app version, or a damaged privacy ledger), belongs to another
+round (stale), comes from a site that stopped at its privacy budget, has different weight names
+than the global model, cannot be decoded as plain arrays (nothing is ever unpickled), or
+contains NaN/inf. If fewer than
 ``min_sites`` replies survive by the deadline, the round is retried; after ``round_retries``
 retries the run stops with :class:`QuorumError` and the global weights stay those of the last
 complete round.
@@ -119,7 +122,11 @@ def screen_replies(replies: list[Message], server_round: int, expected_keys: set
             if arrays is None or set(arrays.keys()) != expected_keys:
                 rejected.append(f"{name}: weight names differ from the global model")
                 continue
-            bad = next((key for key, array in arrays.items() if not np.isfinite(array.numpy()).all()), None)
+            try:  # Flower decodes arrays with allow_pickle=False: a pickled payload fails here, unexecuted
+                bad = next((key for key, array in arrays.items() if not np.isfinite(array.numpy()).all()), None)
+            except (ValueError, TypeError) as exc:
+                rejected.append(f"{name}: update cannot be decoded as plain arrays ({exc}); rejected")
+                continue
             if bad is not None:
                 rejected.append(f"{name}: non-finite values in {bad!r} (update rejected)")
                 continue
@@ -193,7 +200,7 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
                           f"global weights unchanged since round {server_round - 1}. Rejected: "
                           + "; ".join(report.rejected))
     if secure:
-        aggregate = ArrayRecord({key: Array((array.numpy().astype(np.float64) + delta).astype(array.dtype))
+        aggregate = ArrayRecord({key: Array(np.asarray(array.numpy().astype(np.float64) + delta, dtype=array.dtype))
                                  for (key, array), delta in zip(arrays.items(), mean_delta, strict=True)})
         metrics = strategy.train_metrics_aggr_fn([m.content for m in accepted], strategy.weighted_by_key)
     else:

@@ -182,5 +182,6 @@ def secure_mean(grid: Grid, nodes: list[int], train_content: Callable[[int], Rec
     if weight <= 0:
         raise SecAggAbort("secure aggregation: the surviving sites carried no weight")
     # Flower's array arithmetic returns numpy scalars for 0-d arrays, so build fresh arrays.
-    mean = [np.asarray((np.asarray(v, dtype=np.float64) + offset) / weight).reshape(s) for v, s in zip(summed, shapes)]
+    mean = [np.asarray((np.asarray(v, dtype=np.float64) + offset) / weight).reshape(s)
+            for v, s in zip(summed, shapes[1:], strict=True)]  # shapes[0] is the weight entry
     return SecAggResult(mean, sorted(survivors), stage3, dropped)

@@ -20,6 +20,8 @@ from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.atomic_files import write_json_atomic
 from shared_model.model.checkpoint import load_weights, save_checkpoint
+from shared_model.privacy.plan import resolve_privacy
+from shared_model.privacy.session import DPSession
 from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -55,7 +57,9 @@ def write_resolved_config(cfg, run_dir: Path) -> None:
 
 
 def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
-    """Train centrally, checkpoint, evaluate; returns the evaluation results dict."""
+    """Train centrally (DP-SGD with its ledger in the run folder when ``privacy.mode=dp-sgd``),
+    checkpoint, evaluate; returns the evaluation results dict."""
+    cfg = resolve_privacy(cfg)
     run_dir = Path(cfg.run_dir)
     write_resolved_config(cfg, run_dir)
     if cfg.phantom.ensure:
@@ -68,8 +72,14 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
                             pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0,
                             augment=cfg.data.augment)
-    trainer = LocalTrainer(model, objective, cfg.train, device, num_workers=cfg.data.num_workers)
     ckpt = run_dir / CHECKPOINT_DIR
+    session = None
+    if cfg.privacy.mode == "dp-sgd":  # the run folder holds the ledger: it is this trainer's "site"
+        session = DPSession.open(run_dir, cfg.privacy, records, cfg.train.batch_size, cfg.train.steps,
+                                 trained_before=(ckpt / "trainer_state.pt").is_file())
+        trainer = session.trainer(model, objective, cfg.train, device, cfg.train.steps, cfg.data.num_workers)
+    else:
+        trainer = LocalTrainer(model, objective, cfg.train, device, num_workers=cfg.data.num_workers)
     if cfg.resume and (ckpt / "trainer_state.pt").is_file():
         load_weights(model, ckpt / "model.safetensors")
         trainer.load_state(ckpt)
@@ -80,16 +90,24 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     every = cfg.train.checkpoint_every or cfg.train.steps
     while trainer.step < cfg.train.steps:
         chunk = min(every, cfg.train.steps - trainer.step)
+        if session is not None and not session.allows(chunk):
+            break
         budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds - (time.perf_counter() - start)
         chunks.append(trainer.run(dataset, chunk, budget, progress, run_dir / "metrics.jsonl"))
-        save_checkpoint(model, cfg.model, ckpt, extra={"step": trainer.step})
+        extra = {"step": trainer.step}
+        if session is not None:
+            session.record(chunks[-1].steps, {"step": trainer.step})
+            extra["privacy"] = session.describe()
+        save_checkpoint(model, cfg.model, ckpt, extra=extra)
         trainer.save_state(ckpt)
         if chunks[-1].steps < chunk:  # time budget reached
             break
-    stats = merge_stats(chunks)
+    stats = merge_stats(chunks) if chunks else TrainStats(0, 0, 0.0, 0.0, {})
     write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "step": trainer.step, "device": str(device)})
     results = evaluate_model(model, cfg.eval, cfg.model.image.image_size, device, progress)
     results["meta"] = {"step": trainer.step, "model": cfg.model.name, "train": asdict(stats)}
+    if session is not None:
+        results["meta"]["privacy"] = session.describe()
     if cfg.eval.sets:
         write_report(results, run_dir / "eval", f"RetinaFL {cfg.model.name} — step {trainer.step}")
     return results

@@ -82,3 +82,21 @@ def test_bad_inputs_end_with_a_clear_message(trained, tmp_path):
     assert refused.returncode == 2 and f"{bad}: row 1, field 'image': file not found" in refused.stderr
     validate = _run([str(BIN / "retina-data"), "validate", str(bad), str(root / "phantom" / "site_0" / "manifest.csv")])
     assert validate.returncode == 1 and "file not found" in validate.stdout and "all rows valid" in validate.stdout
+
+
+def test_dp_sgd_training_keeps_a_ledger_and_its_checkpoint_evaluates(trained, real_dir, tmp_path):
+    root, _, _ = trained
+    run = tmp_path / "dp"
+    result = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={run}", *TINY_PHANTOM,
+                   *FAST, "privacy=dp_sgd", "privacy.noise_multiplier=1.0", "eval=none"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    ledger = json.loads((run / "privacy_ledger.json").read_text())["body"]
+    assert ledger["unit"] == "patient" and ledger["history"][0][2] == 3
+    saved = json.loads((run / "checkpoint" / "config.json").read_text())
+    assert saved["model"]["opacus_compatible"] and saved["extra"]["privacy"]["epsilon"] > 0
+    scored = _run([str(BIN / "retina-eval"), f"checkpoint={run / 'checkpoint'}", "eval=real", f"out_dir={tmp_path / 'e'}"],
+                  RETINAFL_REAL_DATA=str(real_dir))
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    refused = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={tmp_path / 'bad'}",
+                    *TINY_PHANTOM, *FAST, "privacy.mode=dp-sgd"])
+    assert refused.returncode == 2 and "couples examples" in refused.stderr and "Traceback" not in refused.stderr

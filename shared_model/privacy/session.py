@@ -1,0 +1,69 @@
+"""One trainer's DP-SGD session: plan the mechanism for its records, open (or start) its ledger,
+check the budget before a block of steps, build the DP trainer, and record the steps taken.
+The federated site (one session per round) and the centralized trainer share it."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from shared_model.config import PrivacyConfig, TrainConfig
+from shared_model.data.manifest import Record
+from shared_model.losses.objective import EyeCLIPObjective
+from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.privacy.dp_trainer import DPSGDTrainer
+from shared_model.privacy.ledger import LEDGER_FILE, PrivacyLedger
+from shared_model.privacy.plan import DPPlan, open_ledger, plan_dp
+from shared_model.privacy.units import unit_ids
+from shared_model.train.proximal import ProximalTerm
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DPSession:
+    """The plan, the ledger and where it lives."""
+
+    plan: DPPlan
+    ledger: PrivacyLedger
+    path: Path
+    record_units: list[int]
+
+    @classmethod
+    def open(cls, state_dir: Path, p: PrivacyConfig, records: list[Record], batch_size: int, planned_steps: int,
+             trained_before: bool) -> "DPSession":
+        """Plan for ``records``; continue the ledger in ``state_dir`` (LedgerError if it is missing
+        although ``trained_before``, damaged, or written under other settings)."""
+        ledger = open_ledger(state_dir, p, trained_before)
+        units = unit_ids(records, p.unit)
+        plan = plan_dp(p, units, batch_size, planned_steps, ledger)
+        ledger = ledger or PrivacyLedger(plan.accountant, plan.delta, plan.unit, plan.units)
+        return cls(plan, ledger, state_dir / LEDGER_FILE, units)
+
+    def allows(self, steps: int) -> bool:
+        """Whether ``steps`` more steps stay within the ε budget."""
+        projected = self.ledger.spent([(self.plan.noise_multiplier, self.plan.sample_rate, steps)])
+        if projected > self.plan.epsilon_budget:
+            log.warning("privacy budget: %d more steps would reach ε=%.3g > budget %.3g (spent %.3g); not training",
+                        steps, projected, self.plan.epsilon_budget, self.ledger.spent())
+            return False
+        return True
+
+    def trainer(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
+                total_steps: int, num_workers: int, proximal: ProximalTerm | None = None) -> DPSGDTrainer:
+        """The DP-SGD trainer for this plan."""
+        return DPSGDTrainer(model, objective, cfg, device, self.record_units, self.plan.sample_rate,
+                            self.plan.noise_multiplier, self.plan.max_grad_norm, total_steps, num_workers, proximal)
+
+    def record(self, steps: int, label: dict) -> float:
+        """Add the steps taken to the ledger and save it (before anything trained is released)."""
+        spent = self.ledger.record(self.plan.noise_multiplier, self.plan.sample_rate, steps, label)
+        self.ledger.save(self.path)
+        return spent
+
+    def describe(self) -> dict[str, str | float | int]:
+        """Plan, ε so far and steps so far, for metrics and the privacy report."""
+        return {**self.plan.describe(), "epsilon": self.ledger.spent(), "steps-total": self.ledger.total_steps}

@@ -1,0 +1,239 @@
+"""DP-SGD mechanics, each check with a positive control that shows it would catch the fault:
+per-sample gradients of every layer type we train under Opacus, clipping to C, the noise scale,
+and the empirical sensitivity of the summed clipped gradient of our DP objective (and its
+violation by in-batch InfoNCE). Plus the refusal of coupled objectives."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.optimizers import DPOptimizer
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from shared_model.config import (
+    ImageTowerConfig,
+    LossConfig,
+    MAEConfig,
+    ModelConfig,
+    PrivacyConfig,
+    TextTowerConfig,
+    TrainConfig,
+    TrainAppConfig,
+)
+from shared_model.data.dataset import collate
+from shared_model.losses import EyeCLIPObjective
+from shared_model.model import build_model, vit_mae
+from shared_model.model.tokens import LearnedToken
+from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
+from shared_model.privacy.dp_trainer import DPSGDTrainer
+from shared_model.privacy.errors import PrivacyConfigError
+from shared_model.privacy.plan import resolve_privacy
+from shared_model.prompts import build_caption
+
+
+# --- per-sample gradients --------------------------------------------------------------------
+class TokenThenLinear(nn.Module):
+    """A class token broadcast to the batch (input detached, as our encoders pass it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = LearnedToken(6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.token(x.detach(), count=4) + x[:, :4])
+
+
+class BatchCentring(nn.Module):
+    """Positive control: subtracting the batch mean couples examples (like BatchNorm)."""
+
+    def __init__(self):
+        super().__init__()
+        self.linear = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.linear(x - x.mean(dim=0, keepdim=True))
+
+
+LAYERS = {
+    "patch embedding": (lambda: PatchEmbed(16, 8, 3, 12), lambda: torch.randn(5, 3, 16, 16)),
+    "attention block": (lambda: Block(12, 2, 2.0, qkv_bias=True, norm_layer=nn.LayerNorm), lambda: torch.randn(5, 7, 12)),
+    "layer norm": (lambda: nn.LayerNorm(12), lambda: torch.randn(5, 7, 12)),
+    "group norm": (lambda: nn.GroupNorm(4, 12), lambda: torch.randn(5, 12)),
+    "embedding": (lambda: nn.Embedding(30, 8), lambda: torch.randint(0, 30, (5, 9))),
+    "cls token": (TokenThenLinear, lambda: torch.randn(5, 6, 6)),
+}
+
+
+def _per_sample_matches(module: nn.Module, x: torch.Tensor) -> bool:
+    reference = []
+    for i in range(len(x)):
+        module.zero_grad()
+        module(x[i:i + 1]).float().pow(2).sum().backward()
+        reference.append({n: p.grad.clone() for n, p in module.named_parameters()})
+    wrapped = GradSampleModule(module, batch_first=True, loss_reduction="sum")
+    wrapped.zero_grad()
+    wrapped(x).float().pow(2).sum().backward()
+    ok = all(torch.allclose(p.grad_sample[i], reference[i][n], atol=1e-5, rtol=1e-4)
+             for n, p in module.named_parameters() for i in range(len(x)))
+    wrapped._close()
+    return ok
+
+
+@pytest.mark.parametrize("layer", list(LAYERS))
+def test_opacus_per_sample_gradients_are_exact_for_our_layers(layer):
+    torch.manual_seed(0)
+    build, data = LAYERS[layer]
+    assert _per_sample_matches(build(), data())
+
+
+def test_per_sample_check_catches_a_batch_coupled_layer():
+    torch.manual_seed(0)
+    assert not _per_sample_matches(BatchCentring(), torch.randn(5, 6))
+
+
+# --- clipping and noise ----------------------------------------------------------------------
+def _dp_linear(noise: float, clip: float, batch: int, features: int = 20, out: int = 10):
+    model = nn.Linear(features, out)
+    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
+    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=noise, max_grad_norm=clip,
+                            expected_batch_size=batch, loss_reduction="sum",
+                            generator=torch.Generator().manual_seed(0))
+    return model, wrapped, optimizer
+
+
+@pytest.mark.parametrize("clip,expected", [(0.7, 0.7), (1e6, None)])
+def test_one_example_without_noise_is_clipped_to_exactly_c(clip, expected):
+    torch.manual_seed(0)
+    model, wrapped, optimizer = _dp_linear(0.0, clip, 1)
+    wrapped(torch.randn(1, 20) * 10).pow(2).sum().backward()
+    raw = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    optimizer.pre_step()
+    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
+    if expected is None:  # positive control: with no effective clipping the norm is the raw one, far above C
+        assert norm == pytest.approx(float(raw), rel=1e-4) and norm > 10
+    else:
+        assert norm == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("batch", [4, 1])
+def test_noise_on_zero_gradients_has_std_sigma_c_over_b(batch):
+    sigma, clip = 1.5, 2.0
+    model, _, optimizer = _dp_linear(sigma, clip, batch, features=500, out=200)
+    optimizer.loss_reduction = "mean"  # divide the noised sum by the expected batch size
+    for p in model.parameters():
+        p.grad_sample = torch.zeros((4, *p.shape))
+    optimizer.pre_step()
+    std = float(model.weight.grad.std())
+    if batch == 4:
+        assert std == pytest.approx(sigma * clip / 4, rel=0.02)
+    else:  # positive control: a wrong expected batch size is off by far more than 2 %
+        assert abs(std / (sigma * clip / 4) - 1) > 0.5
+
+
+# --- the DP objective's sensitivity ----------------------------------------------------------
+TINY = ModelConfig(name="dp-test", image=ImageTowerConfig(image_size=32, patch_size=8, width=48, depth=2, num_heads=2,
+                                                          input_norm="local_contrast"),
+                   text=TextTowerConfig(max_length=32, trainable_layers=0),
+                   mae=MAEConfig(decoder_width=32, decoder_depth=1, decoder_heads=2), embed_dim=32,
+                   opacus_compatible=True)
+LABELS = ["normal", "moderate_npdr", "drusen", "glaucoma"]
+
+
+def _coupled_masking(x, mask_ratio):
+    """MAE masking whose noise is a fixed function of each example (couples the randomness of the
+    two neighbouring batches, as the sensitivity argument does)."""
+    n, length, dim = x.shape
+    keep = int(round(length * (1 - mask_ratio)))
+    ids_shuffle = torch.argsort(torch.sin(1000 * x.detach()[..., 0]), dim=1)
+    ids_restore = torch.argsort(ids_shuffle, dim=1)
+    kept = torch.gather(x, 1, ids_shuffle[:, :keep].unsqueeze(-1).expand(-1, -1, dim))
+    mask = torch.ones(n, length)
+    mask[:, :keep] = 0
+    return kept, torch.gather(mask, 1, ids_restore), ids_restore
+
+
+@pytest.fixture(scope="module")
+def dp_setup():
+    torch.manual_seed(0)
+    model = build_model(TINY)
+    loss = LossConfig(image_text_variant="bank", image_image=0.0)
+    objective = EyeCLIPObjective(loss)
+    trainer = DPSGDTrainer(model, objective, TrainConfig(steps=1, batch_size=4, warmup_steps=0), torch.device("cpu"),
+                           list(range(8)), 0.5, 0.0, 0.05)
+    rng = random.Random(0)
+    items = []
+    for i in range(8):
+        labels = [LABELS[i % len(LABELS)]]
+        items.append({"image": torch.rand(3, 32, 32), "aug": None, "text": build_caption(labels, rng, "CFP"),
+                      "labels": ";".join(labels), "path": f"img{i}", "index": i})
+    return trainer, items
+
+
+def _summed_clipped(trainer: DPSGDTrainer, objective: EyeCLIPObjective, items: list[dict], units: list[int]) -> torch.Tensor:
+    batch = collate(items)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    imgs = batch.model_input(torch.device("cpu"), trainer.model.input_norm)
+    out = trainer.model(imgs, batch.texts)
+    objective(trainer.model, out, imgs, batch.label_ids, batch.pair_index, batch.labels).total.backward()
+    trainer._sum_per_unit(torch.tensor(units))
+    trainer.optimizer.clip_and_accumulate()
+    return torch.cat([p.summed_grad.flatten() for p in trainer.optimizer.params])
+
+
+def _largest_change(trainer, objective, items, units) -> float:
+    full = _summed_clipped(trainer, objective, items, units)
+    changes = []
+    for drop in sorted(set(units)):
+        keep = [i for i, u in enumerate(units) if u != drop]
+        changes.append(float((full - _summed_clipped(trainer, objective, [items[i] for i in keep],
+                                                     [units[i] for i in keep])).norm()))
+    return max(changes)
+
+
+@pytest.mark.parametrize("units", [list(range(8)), [0, 0, 1, 1, 2, 2, 3, 3]], ids=["image", "patient"])
+def test_dp_objective_sensitivity_is_at_most_c(dp_setup, monkeypatch, units):
+    trainer, items = dp_setup
+    monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
+    clip = trainer.optimizer.max_grad_norm
+    assert _largest_change(trainer, trainer.objective, items, units) <= clip * (1 + 1e-4)
+
+
+def test_in_batch_infonce_violates_the_sensitivity_bound(dp_setup, monkeypatch):
+    trainer, items = dp_setup
+    monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
+    coupled = EyeCLIPObjective(LossConfig(image_text_variant="clip", image_image=0.0, mae=0.01))
+    assert _largest_change(trainer, coupled, items, list(range(8))) > 1.05 * trainer.optimizer.max_grad_norm
+
+
+# --- configuration --------------------------------------------------------------------------
+def test_coupled_objectives_and_unmodelled_sampling_are_refused():
+    app = TrainAppConfig(privacy=PrivacyConfig(mode="dp-sgd", sampling="shuffle", accountant="gdp"))
+    with pytest.raises(PrivacyConfigError) as err:
+        resolve_privacy(app)
+    message = str(err.value)
+    for fragment in ("image_text_variant='flair'", "loss.image_image", "Poisson", "under-report"):
+        assert fragment in message
+
+
+def test_dp_sgd_turns_on_the_model_fixes_and_they_remove_batch_statistics():
+    app = resolve_privacy(TrainAppConfig(model=TINY.__class__(**{**TINY.__dict__, "opacus_compatible": False}),
+                                         loss=LossConfig(image_text_variant="bank", image_image=0.0),
+                                         privacy=PrivacyConfig(mode="dp-sgd")))
+    assert app.model.opacus_compatible
+    model = build_model(app.model)
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    assert isinstance(model.image_norm, nn.GroupNorm) and isinstance(model.text.norm, nn.GroupNorm)
+    assert not model.temperature.log_scale.requires_grad
+    assert not any(p.requires_grad for p in model.text.encoder.parameters())  # frozen stays frozen
+
+
+def test_trainer_refuses_a_coupled_objective():
+    model = build_model(TINY)
+    with pytest.raises(PrivacyConfigError, match="per-example decomposable"):
+        DPSGDTrainer(model, EyeCLIPObjective(LossConfig()), TrainConfig(), torch.device("cpu"), [0, 1], 0.5, 1.0, 1.0)
