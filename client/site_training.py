@@ -148,9 +148,12 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
         # The ledger is written before the update leaves: a crash in between over-counts, never under-counts.
         metrics["epsilon"] = session.record(stats.steps, {"round": server_round})
         privacy = session.describe()
+        # Losses and the number of sampled images are computed on the records without noise: not sent.
+        del metrics["images"]
+    else:
+        metrics.update({f"loss.{name}": float(stats.losses.get(name, 0.0)) for name in LOSS_TERMS})
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
-    metrics.update({f"loss.{name}": float(stats.losses.get(name, 0.0)) for name in LOSS_TERMS})
     return RoundResult(exchanged_state_dict(model), metrics, privacy)
 
 

@@ -60,9 +60,9 @@ def history_record(report: RoundReport, server_eval: dict | None) -> dict:
 
 
 def round_row(record: dict, seconds: float) -> str:
-    """One printable line: loss terms per site, aggregate zero-shot ACA, time, bytes moved."""
-    sites = "  ".join(f"{name}: " + " ".join(f"{k.removeprefix('loss.')}={v:.3f}" for k, v in m.items()
-                                              if k.startswith("loss.") and k != "loss.total")
+    """One printable line: loss terms (ε under DP-SGD) per site, aggregate zero-shot ACA, time, bytes moved."""
+    sites = "  ".join(f"{name}: " + (f"ε={m['epsilon']:.3g}" if "epsilon" in m else " ".join(
+        f"{k.removeprefix('loss.')}={v:.3f}" for k, v in m.items() if k.startswith("loss.") and k != "loss.total"))
                       for name, m in record["sites"].items())
     aca = ", ".join(f"{task} ACA {v['aca']:.3f}" for task, v in (record["server_eval"] or {}).items())
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
@@ -94,7 +94,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     model = build_model(cfg.model)
     central = cfg.privacy.central != "none"
     strategy = build_strategy(cfg.strategy, cfg.federation, SITE_WEIGHT_KEY if central else "num-examples")
-    state = ServerState(0, [], cfg.strategy.name, _privacy_state(cfg))
+    state = ServerState(0, [], cfg.strategy.name, {**_privacy_state(cfg), "model_fixes": model.dp_fixes})
     found = latest_round(run_dir)
     if found is not None and not cfg.resume:
         raise ValueError(f"{run_dir} already holds round checkpoints (up to {found[0].name}); "

@@ -43,13 +43,15 @@ def _run_deadline(cfg: FederationAppConfig) -> float:
 
 
 def round_table(records: list[dict]) -> Table:
-    """Rows of ``metrics.jsonl``: per-site losses, aggregate zero-shot ACA, time, bytes."""
+    """Rows of ``metrics.jsonl``: per-site losses (ε under DP-SGD, where losses are not sent),
+    aggregate zero-shot ACA, time, bytes."""
     table = Table(title="federated rounds")
-    for column in ("round", "site losses (image_text / image_image / mae)", "server zero-shot ACA",
+    for column in ("round", "sites: losses (image_text / image_image / mae) or ε", "server zero-shot ACA",
                    "federated ACA", "time (s)", "MiB moved"):
         table.add_column(column)
     for r in records:
-        losses = "\n".join(f"{name}: {m.get('loss.image_text', 0):.3f} / {m.get('loss.image_image', 0):.3f} / "
+        losses = "\n".join(f"{name}: ε={m['epsilon']:.3g}" if "epsilon" in m else
+                           f"{name}: {m.get('loss.image_text', 0):.3f} / {m.get('loss.image_image', 0):.3f} / "
                            f"{m.get('loss.mae', 0):.3f}" for name, m in r["sites"].items())
         aca = "\n".join(f"{task}: {v['aca']:.3f}" for task, v in (r.get("server_eval") or {}).items()) or "–"
         fed = r.get("federated_eval", {}).get("zero-shot-aca")

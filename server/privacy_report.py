@@ -19,8 +19,10 @@ CAVEATS = """## What these guarantees cover — and what they do not
   `unit=image`. An image-level ε says nothing about a patient with several images: for such a
   patient it can be several times larger. ε is per site; sites do not share budgets.
 - ε is cumulative over every round this site ever trained under its ledger, at the δ shown.
-  It covers the model weights and the loss values the site reports. It does not cover the
-  number of records (`num-examples`) or the time a round took, which are sent in the clear.
+  It covers the model weights the site sends. Under DP-SGD a site does not report its training
+  losses or how many images its Poisson batches held (neither is privatised). The number of
+  records (`num-examples`), the count of unreadable images and round times are sent in the
+  clear and are not covered.
 - **Client-level DP** (coordinator) bounds what the aggregate reveals about one *site's whole
   contribution*; it protects nothing inside an update against the coordinator itself, which
   sees each update before clipping unless SecAgg+ is on (the two cannot be combined here).
@@ -56,7 +58,8 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
              "| setting | value |", "|---|---|",
              f"| Site-level DP | {site_dp} |", f"| Client-level DP (coordinator) | {central_line} |",
              f"| Secure aggregation | {secagg} |", f"| Transport | {cfg.federation.transport} |",
-             f"| Noise RNG | {rng} |", "",
+             f"| Noise RNG | {rng} |",
+             f"| Model changes for DP-SGD | {'<br>'.join(privacy.get('model_fixes') or []) or 'none'} |", "",
              "## Per round and site", "",
              "| round | site | mode | unit | C | σ | q | steps (total) | ε so far | δ | secagg | transport |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from shared_model.config import ModelConfig
 from shared_model.model.mae_decoder import MAEDecoder
 from shared_model.model.resnet_tower import ResNetTower
@@ -9,6 +11,8 @@ from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.model.slice_pooling import SliceAttentionPool
 from shared_model.model.text_tower import TextTower
 from shared_model.model.vit_mae import MaskedViT
+
+log = logging.getLogger(__name__)
 
 IMAGE_ARCHS = ("vit", "resnet50")
 
@@ -40,7 +44,9 @@ def build_model(cfg: ModelConfig, pretrained_text: bool = True) -> RetinaCLIP:
     if cfg.opacus_compatible:
         from shared_model.privacy.model_fixes import make_opacus_compatible
 
-        model, _ = make_opacus_compatible(model)
+        model, changes = make_opacus_compatible(model)
         # One temperature shared by the whole batch has no per-example gradient: fixed under DP-SGD.
         model.temperature.log_scale.requires_grad_(False)
+        model.dp_fixes = [*changes, "temperature.log_scale: trainable -> fixed"]
+        log.info("model fixed for DP-SGD: %s", "; ".join(model.dp_fixes))
     return model

@@ -55,6 +55,7 @@ class RetinaCLIP(nn.Module):
         self.contrast_pass = contrast_pass
         self.volume_pool = volume_pool
         self.input_norm = input_norm  # how images are normalised before the model (data.preprocess)
+        self.dp_fixes: list[str] = []  # layers changed for DP-SGD (model.opacus_compatible), for the privacy report
 
     # --- encoders --------------------------------------------------------------------------
     def encode_image(self, imgs: torch.Tensor, normalize: bool = True) -> torch.Tensor:

@@ -16,6 +16,7 @@ from shared_model.privacy.units import RNG_DESCRIPTION, UNITS
 MODES = ("none", "dp-sgd")
 CENTRAL_MODES = ("none", "fixed", "adaptive")
 ROBUST_STRATEGIES = ("fedtrimmedavg", "fedmedian", "krum")
+SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the securely summed mean delta is their aggregate
 
 
 def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
@@ -63,6 +64,9 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
         if app.secagg.enabled and app.strategy.name in ROBUST_STRATEGIES:
             problems.append(f"secagg=on with strategy={app.strategy.name}: a robust aggregator needs the "
                             "individual updates, which secure aggregation hides")
+        elif app.secagg.enabled and app.strategy.name not in SECAGG_STRATEGIES:
+            problems.append(f"secagg=on with strategy={app.strategy.name}: Flower's implementation aggregates the "
+                            f"individual replies, which secure aggregation hides; use one of {SECAGG_STRATEGIES}")
         if p.central != "none" and app.strategy.name in ROBUST_STRATEGIES:
             problems.append(f"privacy.central with strategy={app.strategy.name}: client-level DP is accounted for "
                             "a clipped sum (FedAvg-type strategies only)")

@@ -46,6 +46,7 @@ def test_dp_sgd_run_accounts_each_site_and_stops_at_the_budget(small_phantom, tm
     report = (tmp_path / "dp" / "privacy.md").read_text()
     assert "| 2 | site_0 | dp-sgd | patient | 1 | 1 |" in report and "not a CSPRNG" in report
     assert "image-level ε says nothing about a patient" in report
+    assert "image_norm: BatchNorm1d" in report and "GroupNorm" in report and "temperature.log_scale" in report
 
     # Budget between the ε of one and of two rounds: round 1 trains, round 2 every site stops.
     budget = (first["site_0"]["epsilon"] + second["site_0"]["epsilon"]) / 2
@@ -58,10 +59,10 @@ def test_dp_sgd_run_accounts_each_site_and_stops_at_the_budget(small_phantom, tm
 
 
 def test_site_without_its_ledger_refuses_to_train(small_phantom, tmp_path):
-    cfg = federation_cfg(small_phantom, tmp_path / "dp", *DP)
+    cfg = federation_cfg(small_phantom, tmp_path / "dp", *DP, "federation.rounds=1")
     run_federation(_grid(cfg), cfg)
     (tmp_path / "dp" / "sites" / "site_0" / LEDGER_FILE).unlink()
-    resumed = federation_cfg(small_phantom, tmp_path / "dp", *DP, "federation.rounds=3", "resume=true",
+    resumed = federation_cfg(small_phantom, tmp_path / "dp", *DP, "federation.rounds=2", "resume=true",
                              "federation.min_sites=1", "federation.min_available=1")
     run_federation(_grid(resumed), resumed)
     last = _history(tmp_path / "dp")[-1]

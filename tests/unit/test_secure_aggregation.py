@@ -139,6 +139,7 @@ def test_deltas_are_clipped_to_the_masking_range_and_the_share_reported():
 @pytest.mark.parametrize("overrides,fragment", [
     ({"strategy": StrategyConfig(name="krum")}, "robust aggregator"),
     ({"strategy": StrategyConfig(name="fedmedian")}, "robust aggregator"),
+    ({"strategy": StrategyConfig(name="fedadam")}, "individual replies"),
     ({"privacy": PrivacyConfig(central="fixed")}, "server-side clipping"),
 ])
 def test_secagg_with_server_side_clipping_or_robust_aggregation_is_a_config_error(overrides, fragment):
