@@ -22,7 +22,8 @@ CAVEATS = """## What these guarantees cover — and what they do not
   It covers the model weights the site sends. Under DP-SGD a site does not report its training
   losses or how many images its Poisson batches held (neither is privatised). The number of
   records (`num-examples`), the count of unreadable images and round times are sent in the
-  clear and are not covered.
+  clear and are not covered, nor are federated-evaluation scores on a site's test split
+  (`strategy.fraction_evaluate=0` sends none).
 - **Client-level DP** (coordinator) bounds what the aggregate reveals about one *site's whole
   contribution*; it protects nothing inside an update against the coordinator itself, which
   sees each update before clipping unless SecAgg+ is on (the two cannot be combined here).

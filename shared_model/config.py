@@ -274,6 +274,80 @@ class FederationAppConfig(TrainAppConfig):
 
 
 @dataclass
+class GeneratorConfig:
+    """The conditional DDPM generator (diffusers ``UNet2DModel``), conditioned on a label set and
+    a modality through its class embedding, with classifier-free guidance."""
+
+    image_size: int = 64  # 64 px on CPU; 128-256 px on a GPU
+    block_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
+    layers_per_block: int = 1
+    attention_levels: int = 1  # self-attention in this many of the lowest-resolution levels
+    num_train_timesteps: int = 1000
+    condition_dropout: float = 0.1  # share of training examples with the condition dropped (guidance)
+
+
+@dataclass
+class SynthTrainConfig:
+    """Training the generator at a site: AdamW, EMA weights, bf16 on CUDA, resumable."""
+
+    steps: int = 2000
+    batch_size: int = 32
+    lr: float = 2.0e-4
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    ema_decay: float = 0.999
+    precision: str = "bf16"
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_every: int = 500
+    num_workers: int = 1
+    log_every: int = 20
+
+
+@dataclass
+class SynthSampleConfig:
+    """Sampling a corpus with a fast scheduler."""
+
+    n: int = 1000
+    labels: str = ""  # label mix "normal=0.5,moderate_npdr=0.2,..."; empty: the training frequencies
+    modalities: str = ""  # modality mix "CFP=0.7,OCT=0.3"; empty: the training frequencies
+    scheduler: str = "ddim"  # ddim | dpm_solver | ddpm (the 1000-step reference)
+    steps: int = 25
+    guidance: float = 2.0  # classifier-free guidance scale (1: none)
+    batch_size: int = 64
+    shard_size: int = 1000  # images per folder
+    seed: int = 0
+    use_ema: bool = True
+
+
+@dataclass
+class AuditConfig:
+    """Memorisation and quality audit of a synthetic corpus before it may leave the site."""
+
+    checkpoint: Optional[str] = None  # RetinaCLIP checkpoint: embedding space and label fidelity
+    pixel_size: int = 32  # images are compared at this size in pixel space
+    near_copy_quantile: float = 0.01  # threshold = this quantile of held-out-real -> train NN distances
+    max_near_copy_fraction: float = 0.02  # audit fails above this share of near copies
+    max_closer_to_train: float = 0.55  # distance-to-closest-record test: share closer to train than held-out
+    verbatim_chars: int = 50  # a caption may not share a span this long with a training report
+    pairs_shown: int = 8  # closest pairs in the PNG
+
+
+@dataclass
+class SynthAppConfig:
+    """``retina-synth``: train a generator on a site's images, sample, audit, export."""
+
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    train: SynthTrainConfig = field(default_factory=SynthTrainConfig)
+    sample: SynthSampleConfig = field(default_factory=SynthSampleConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    run_dir: str = "runs/synth"  # the generator's run folder (weights, state, ledger)
+    resume: bool = False
+
+
+@dataclass
 class EvalAppConfig:
     """``retina-eval``: the common evaluator on a checkpoint."""
 

@@ -6,7 +6,7 @@ group file is merged into a typed node: unknown keys and wrong types fail at com
 
 from hydra.core.config_store import ConfigStore
 
-from shared_model.config import EvalAppConfig, FederationAppConfig, TrainAppConfig
+from shared_model.config import EvalAppConfig, FederationAppConfig, SynthAppConfig, TrainAppConfig
 
 CONFIG_MODULE = "shared_model.conf"
 
@@ -17,3 +17,4 @@ def register_configs() -> None:
     store.store(name="train_schema", node=TrainAppConfig)
     store.store(name="eval_schema", node=EvalAppConfig)
     store.store(name="federation_schema", node=FederationAppConfig)
+    store.store(name="synth_schema", node=SynthAppConfig)

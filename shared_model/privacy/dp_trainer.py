@@ -35,6 +35,37 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
                         "to module outputs since no inputs require gradients")
 
 
+def make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnitSampler,
+                 noise_multiplier: float, max_grad_norm: float, device: torch.device):
+    """Opacus' per-sample gradient hooks on ``model`` and its ``DPOptimizer`` around ``optimizer``:
+    noise std σ·C on the sum, divided by the expected batch size q·N; noise from a secret generator."""
+    from opacus import GradSampleModule
+    from opacus.optimizers import DPOptimizer
+
+    hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    dp_optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                               expected_batch_size=sampler.sample_rate * sampler.num_units, loss_reduction="mean",
+                               generator=secret_generator(device))
+    return hooks, dp_optimizer
+
+
+def sum_per_unit(optimizer, units: torch.Tensor) -> None:
+    """Replace each parameter's per-image gradients with per-unit sums (one row per distinct unit
+    of the batch), so Opacus clips per unit. ``units``: the unit of every image row."""
+    _, slot = torch.unique(units, return_inverse=True)
+    count = int(slot.max()) + 1
+    for p in optimizer.params:
+        per_image = optimizer._get_flat_grad_sample(p)
+        summed = torch.zeros((count, *per_image.shape[1:]), device=per_image.device, dtype=per_image.dtype)
+        p.grad_sample = summed.index_add_(0, slot.to(per_image.device), per_image)
+
+
+def empty_batch_grads(optimizer) -> None:
+    """Per-sample gradients of an empty Poisson batch: the step is pure noise, and is counted."""
+    for p in optimizer.params:
+        p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+
+
 class PoissonBatches(Sampler):
     """Endless Poisson-sampled batches of ``(index, sample seed)``; seeds come from the secret generator."""
 
@@ -54,9 +85,6 @@ class DPSGDTrainer(LocalTrainer):
     def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
                  record_units: list[int], sample_rate: float, noise_multiplier: float, max_grad_norm: float,
                  total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None):
-        from opacus import GradSampleModule
-        from opacus.optimizers import DPOptimizer
-
         if not objective.per_example_decomposable(model):
             raise PrivacyConfigError("DP-SGD needs a per-example decomposable objective: in-batch contrast couples "
                                      "examples, so clipping per example bounds nothing (set loss.image_text_variant=bank "
@@ -67,10 +95,8 @@ class DPSGDTrainer(LocalTrainer):
         super().__init__(model, objective, cfg, device, total_steps, num_workers, proximal)
         self.sampler = PoissonUnitSampler(record_units, sample_rate, secret_generator())
         self.record_units = torch.tensor(record_units, dtype=torch.long)
-        self.grad_module = GradSampleModule(self.model, batch_first=True, loss_reduction="mean")
-        self.optimizer = DPOptimizer(self.optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                     expected_batch_size=sample_rate * self.sampler.num_units,
-                                     loss_reduction="mean", generator=secret_generator(self.device))
+        self.grad_module, self.optimizer = make_private(self.model, self.optimizer, self.sampler, noise_multiplier,
+                                                        max_grad_norm, self.device)
 
     def accepts(self, batch: Batch) -> bool:
         """Every Poisson batch is a step, even an empty one: the accountant counts it."""
@@ -93,11 +119,10 @@ class DPSGDTrainer(LocalTrainer):
                 loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
                                       batch.pair_index.to(self.device), batch.labels)
             loss.total.backward()
-            self._sum_per_unit(self.record_units[batch.indices])
+            sum_per_unit(self.optimizer, self.record_units[batch.indices])
         else:
             loss = ObjectiveOutput(torch.zeros(()), {})
-            for p in self.optimizer.params:
-                p.grad_sample = torch.zeros((0, *p.shape), device=p.device, dtype=p.dtype)
+            empty_batch_grads(self.optimizer)
         if self.optimizer.pre_step():
             if self.proximal is not None:
                 self.proximal.add_gradient(self.model)
@@ -105,13 +130,3 @@ class DPSGDTrainer(LocalTrainer):
         self.scheduler.step()
         self.step += 1
         return loss
-
-    def _sum_per_unit(self, units: torch.Tensor) -> None:
-        """Replace per-image gradients with per-unit sums (rows = distinct units of the batch)."""
-        _, slot = torch.unique(units, return_inverse=True)
-        count = int(slot.max()) + 1
-        slot = slot.to(self.device)
-        for p in self.optimizer.params:
-            per_image = self.optimizer._get_flat_grad_sample(p)
-            summed = torch.zeros((count, *per_image.shape[1:]), device=per_image.device, dtype=per_image.dtype)
-            p.grad_sample = summed.index_add_(0, slot, per_image)

@@ -19,13 +19,8 @@ ROBUST_STRATEGIES = ("fedtrimmedavg", "fedmedian", "krum")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the securely summed mean delta is their aggregate
 
 
-def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
-    """Check the privacy settings of a run and apply the automatic model fixes.
-
-    Raises :class:`PrivacyConfigError` listing every problem; returns ``app`` with
-    ``model.opacus_compatible`` set when DP-SGD is on (BatchNorm centring -> GroupNorm).
-    """
-    p = app.privacy
+def privacy_problems(p: PrivacyConfig) -> list[str]:
+    """What is wrong with the privacy settings themselves, whatever is being trained."""
     problems = []
     if p.mode not in MODES:
         problems.append(f"privacy.mode must be one of {MODES}, got {p.mode!r}")
@@ -40,13 +35,6 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
         if p.sampling != "poisson":
             problems.append(f"privacy.sampling={p.sampling!r}: DP-SGD's accountant models Poisson sampling of units; "
                             "fixed-size or shuffled batches are not covered by the reported ε")
-        if app.loss.image_text > 0 and app.loss.image_text_variant != "bank":
-            problems.append(f"loss.image_text_variant={app.loss.image_text_variant!r} is in-batch contrast, which "
-                            "couples examples: use loss.image_text_variant=bank (contrast against public prompt "
-                            "embeddings) or loss.image_text=0")
-        if app.loss.image_image > 0:
-            problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
-                            "set loss.image_image=0 under DP-SGD")
         if p.max_grad_norm <= 0:
             problems.append(f"privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
         if p.noise_multiplier is not None and p.noise_multiplier <= 0:
@@ -57,6 +45,25 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
             problems.append(f"privacy.delta must be in (0, 1), got {p.delta}")
         if p.sample_rate is not None and not 0 < p.sample_rate <= 1:
             problems.append(f"privacy.sample_rate must be in (0, 1], got {p.sample_rate}")
+    return problems
+
+
+def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
+    """Check the privacy settings of a run and apply the automatic model fixes.
+
+    Raises :class:`PrivacyConfigError` listing every problem; returns ``app`` with
+    ``model.opacus_compatible`` set when DP-SGD is on (BatchNorm centring -> GroupNorm).
+    """
+    p = app.privacy
+    problems = privacy_problems(p)
+    if p.mode == "dp-sgd":
+        if app.loss.image_text > 0 and app.loss.image_text_variant != "bank":
+            problems.append(f"loss.image_text_variant={app.loss.image_text_variant!r} is in-batch contrast, which "
+                            "couples examples: use loss.image_text_variant=bank (contrast against public prompt "
+                            "embeddings) or loss.image_text=0")
+        if app.loss.image_image > 0:
+            problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
+                            "set loss.image_image=0 under DP-SGD")
     if isinstance(app, FederationAppConfig):
         if app.secagg.enabled and p.central != "none":
             problems.append("secagg=on with privacy.central: server-side clipping needs each site's update, "

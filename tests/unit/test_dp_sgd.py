@@ -30,7 +30,7 @@ from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model, vit_mae
 from shared_model.model.tokens import LearnedToken
 from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
-from shared_model.privacy.dp_trainer import DPSGDTrainer
+from shared_model.privacy.dp_trainer import DPSGDTrainer, sum_per_unit
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.prompts import build_caption
@@ -181,7 +181,7 @@ def _summed_clipped(trainer: DPSGDTrainer, objective: EyeCLIPObjective, items: l
     imgs = batch.model_input(torch.device("cpu"), trainer.model.input_norm)
     out = trainer.model(imgs, batch.texts)
     objective(trainer.model, out, imgs, batch.label_ids, batch.pair_index, batch.labels).total.backward()
-    trainer._sum_per_unit(torch.tensor(units))
+    sum_per_unit(trainer.optimizer, torch.tensor(units))
     trainer.optimizer.clip_and_accumulate()
     return torch.cat([p.summed_grad.flatten() for p in trainer.optimizer.params])
 

@@ -1,0 +1,148 @@
+"""``retina-synth``: synthetic corpora from a site's images.
+
+  retina-synth train --manifest site.csv [--manifest ...] [--run-dir runs/synth] [--dp] [--resume] [OVERRIDES]
+  retina-synth sample --generator runs/synth --out corpus/ [--n 10000] [--labels "moderate_npdr=0.2,normal=0.5"]
+                      [--modalities "CFP=1"] [--scheduler ddim|dpm_solver|ddpm] [--steps 25] [--guidance 2]
+  retina-synth audit --corpus corpus/ --generator runs/synth [--checkpoint CLIP_CHECKPOINT]
+  retina-synth export --corpus corpus/ --out shareable/ [--force --reason "..."]
+
+``train`` fits the conditional DDPM on the manifests' train rows (DP-SGD with ``--dp``, with the
+same accountant, unit and budget rules as the foundation model: ``privacy.*`` overrides);
+``sample`` writes images and a manifest with dictionary captions; ``audit`` checks the corpus
+against the site's training and held-out (val/test) images; ``export`` copies an audited corpus
+with its dataset card and refuses a failed audit unless forced with a reason. OVERRIDES are Hydra
+overrides of the ``synth`` config (``generator.*``, ``train.*``, ``sample.*``, ``audit.*``, ``privacy.*``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+
+def compose(overrides: list[str], run_dir: Path | None = None):
+    """The typed ``synth`` config: Hydra composition, or a generator run folder's saved config
+    with ``overrides`` on top."""
+    from hydra import compose as hydra_compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    from shared_model.conf import CONFIG_MODULE, register_configs
+    from shared_model.config import SynthAppConfig
+
+    if run_dir is not None:
+        saved = run_dir / "config.yaml"
+        if not saved.is_file():
+            raise FileNotFoundError(f"{saved}: not found; --generator needs a folder written by retina-synth train")
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SynthAppConfig), OmegaConf.load(saved),
+                                                   OmegaConf.from_dotlist(overrides)))
+    register_configs()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return OmegaConf.to_object(hydra_compose("synth", overrides=overrides))
+
+
+def _train(args: argparse.Namespace) -> int:
+    from synthetic.training import train_generator
+
+    manifests = ",".join(str(Path(m).resolve()) for m in args.manifest)
+    overrides = [f"data.manifests=[{manifests}]", f"run_dir={Path(args.run_dir).resolve()}",
+                 *(["privacy.mode=dp-sgd"] if args.dp else []), *(["resume=true"] if args.resume else []),
+                 *args.overrides]
+    summary = train_generator(compose(overrides))
+    privacy = summary["privacy"]
+    eps = f"; ε={privacy['epsilon']:.3g} at δ={privacy['delta']:.2g} ({privacy['unit']} unit)" \
+        if privacy.get("mode") == "dp-sgd" else ""
+    Console().print(f"generator at step {summary['step']} in {args.run_dir}: loss {summary['loss_first_chunk']} -> "
+                    f"{summary['loss_last_chunk']}, {summary['images_per_s']:.1f} img/s{eps}", highlight=False)
+    return 0
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from synthetic.generator import GENERATOR_DIR, load_generator
+    from synthetic.sampling import sample_corpus
+
+    flags = {"n": args.n, "labels": args.labels, "modalities": args.modalities, "scheduler": args.scheduler,
+             "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
+    overrides = [f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}" for k, v in flags.items()
+                 if v is not None] + args.overrides
+    app = compose(overrides, Path(args.generator))
+    model, meta = load_generator(Path(args.generator) / GENERATOR_DIR, use_ema=app.sample.use_ema)
+    manifest = sample_corpus(model, meta, app.sample, Path(args.out), app.train.device)
+    Console().print(f"{app.sample.n} images and {manifest} written", highlight=False)
+    return 0
+
+
+def _audit(args: argparse.Namespace) -> int:
+    from synthetic.audit import run_audit
+
+    overrides = ([f"audit.checkpoint={Path(args.checkpoint).resolve()}"] if args.checkpoint else []) + args.overrides
+    app = compose(overrides, Path(args.generator))
+    result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed)
+    console = Console()
+    for space in ("pixel", "embedding"):
+        s = result.get(space)
+        if s:
+            console.print(f"{space}: near copies {s['near_copy_fraction']:.3f} (threshold {s['threshold']:.4f}), "
+                          f"closer to train {s['closer_to_train_fraction']:.3f}", highlight=False)
+    console.print(f"audit {'[green]passed[/green]' if result['passed'] else '[red]FAILED[/red]'}: "
+                  f"{Path(args.corpus) / 'audit.json'}")
+    return 0 if result["passed"] else 3
+
+
+def _export(args: argparse.Namespace) -> int:
+    from synthetic.export import export_corpus
+
+    if args.force and not args.reason:
+        raise ValueError("--force needs --reason TEXT: the dataset card records why a failed audit was overridden")
+    card = export_corpus(Path(args.corpus), Path(args.out), args.reason if args.force else None)
+    Console().print(f"exported to {args.out} ({card.name})", highlight=False)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="retina-synth", description="Synthetic retinal corpora")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train the conditional diffusion generator on a site's images")
+    train.add_argument("--manifest", action="append", required=True, help="site manifest (repeat for several)")
+    train.add_argument("--run-dir", default="runs/synth", help="the generator's run folder")
+    train.add_argument("--dp", action="store_true", help="train with DP-SGD (privacy.* settings apply)")
+    train.add_argument("--resume", action="store_true", help="continue the run folder's training")
+    sample = commands.add_parser("sample", help="sample a corpus with a fast scheduler")
+    sample.add_argument("--generator", required=True, help="generator run folder (retina-synth train)")
+    sample.add_argument("--out", required=True, help="new folder for the corpus")
+    sample.add_argument("--n", type=int)
+    sample.add_argument("--labels", help='label mix, e.g. "moderate_npdr=0.2,normal=0.5" (default: training mix)')
+    sample.add_argument("--modalities", help='modality mix, e.g. "CFP=0.7,OCT=0.3" (default: training mix)')
+    sample.add_argument("--scheduler", choices=("ddim", "dpm_solver", "ddpm"))
+    sample.add_argument("--steps", type=int)
+    sample.add_argument("--guidance", type=float)
+    sample.add_argument("--seed", type=int)
+    audit = commands.add_parser("audit", help="memorisation and quality audit against the site's images")
+    audit.add_argument("--corpus", required=True)
+    audit.add_argument("--generator", required=True, help="generator run folder (its manifests are audited against)")
+    audit.add_argument("--checkpoint", help="RetinaCLIP checkpoint for embedding-space checks and label fidelity")
+    export = commands.add_parser("export", help="copy an audited corpus with its dataset card")
+    export.add_argument("--corpus", required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--force", action="store_true", help="export despite a failed audit (needs --reason)")
+    export.add_argument("--reason", help="why the failed audit is overridden (recorded in the card)")
+    for sub in (train, sample, audit):
+        sub.add_argument("overrides", nargs="*", help="Hydra overrides of the synth config")
+    args = parser.parse_args(argv)
+    if args.command == "export":
+        args.overrides = []
+
+    from shared_model.cli.errors import user_errors
+    from shared_model.privacy.ledger import LedgerError
+    from synthetic.audit import AuditError
+    from synthetic.export import ExportRefused
+    from synthetic.generator import GeneratorError
+
+    with user_errors(LedgerError, AuditError, ExportRefused, GeneratorError):
+        sys.exit({"train": _train, "sample": _sample, "audit": _audit, "export": _export}[args.command](args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,228 @@
+"""Training the generator at a site: the DDPM noise-prediction loss (Ho et al. 2020) with a cosine
+noise schedule (Nichol & Dhariwal 2021), condition dropout for classifier-free guidance, AdamW
+with warm-up and cosine decay, EMA weights (diffusers' ``EMAModel``), bf16 autocast on CUDA, a
+progress bar, and exact resumption from the run folder. With ``privacy.mode=dp-sgd`` the steps
+are DP-SGD steps with the foundation model's accountant, units, ledger and budget rules — valid
+because the diffusion loss of one image reads that image only."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch.utils.data import DataLoader, RandomSampler
+
+from shared_model.atomic_files import atomic_path, write_json_atomic
+from shared_model.config import SynthAppConfig
+from shared_model.privacy.dp_trainer import PoissonBatches, empty_batch_grads, make_private, sum_per_unit
+from shared_model.privacy.errors import PrivacyConfigError
+from shared_model.privacy.model_fixes import make_opacus_compatible
+from shared_model.privacy.plan import privacy_problems
+from shared_model.privacy.session import DPSession
+from shared_model.privacy.units import PoissonUnitSampler, secret_generator
+from shared_model.train.centralized import load_training_records, write_resolved_config
+from shared_model.train.trainer import resolve_device, seed_everything
+from synthetic.conditioning import Conditioning, training_mix
+from synthetic.dataset import GeneratorDataset, collate_images
+from synthetic.generator import GENERATOR_DIR, ConditionalUNet, load_generator, save_generator
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "generator_state.pt"
+
+
+def noise_scheduler(num_train_timesteps: int):
+    """The training (and reference sampling) schedule: DDPM with the cosine betas."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule="squaredcos_cap_v2",
+                         prediction_type="epsilon")
+
+
+@dataclass
+class GeneratorStats:
+    """What one :meth:`GeneratorTrainer.run` did."""
+
+    steps: int
+    images: int
+    seconds: float
+    loss: float  # mean over the steps
+    skipped: int
+
+
+class GeneratorTrainer:
+    """Optimizer, schedule, EMA and (under DP-SGD) Opacus around a :class:`ConditionalUNet`."""
+
+    def __init__(self, model: ConditionalUNet, app: SynthAppConfig, dataset: GeneratorDataset,
+                 session: DPSession | None = None):
+        from diffusers.training_utils import EMAModel
+        from transformers import get_cosine_schedule_with_warmup
+
+        cfg = app.train
+        self.cfg, self.dataset, self.session = cfg, dataset, session
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.scheduler = noise_scheduler(app.generator.num_train_timesteps)
+        self.condition_dropout = app.generator.condition_dropout
+        self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(cfg.warmup_steps, cfg.steps - 1),
+                                                           cfg.steps)
+        self.ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+        self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+        self.step = 0
+        self.units = None
+        if session is not None:
+            self.units = torch.tensor(session.record_units)
+            self.sampler = PoissonUnitSampler(session.record_units, session.plan.sample_rate, secret_generator())
+            self.hooks, self.optimizer = make_private(model, self.optimizer, self.sampler, session.plan.noise_multiplier,
+                                                      session.plan.max_grad_norm, self.device)
+
+    def _loader(self) -> DataLoader:
+        if self.session is not None:
+            return DataLoader(self.dataset, batch_sampler=PoissonBatches(self.sampler), collate_fn=collate_images,
+                              num_workers=self.cfg.num_workers)
+        sampler = RandomSampler(self.dataset, replacement=True, num_samples=10 ** 9, generator=self.generator)
+        return DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_images,
+                          num_workers=self.cfg.num_workers, drop_last=True)
+
+    def losses(self, images: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Per-example noise-prediction MSE [N] at random timesteps (conditions dropped at random)."""
+        n = len(images)
+        flip = torch.rand(n, generator=self.generator) < 0.5
+        images = torch.where(flip.view(-1, 1, 1, 1).to(images.device), images.flip(-1), images)
+        keep = (torch.rand(n, generator=self.generator) >= self.condition_dropout).to(condition.dtype)
+        timesteps = torch.randint(0, self.scheduler.config.num_train_timesteps, (n,), generator=self.generator)
+        noise = torch.randn(images.shape, generator=self.generator)
+        images, noise, timesteps = images.to(self.device), noise.to(self.device), timesteps.to(self.device)
+        noisy = self.scheduler.add_noise(images, noise, timesteps)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            pred = self.model(noisy, timesteps, condition.to(self.device) * keep.to(self.device)[:, None])
+        return ((pred.float() - noise) ** 2).flatten(1).mean(dim=1)
+
+    def train_step(self, batch: dict) -> float:
+        """One optimizer step (a DP-SGD step over units under DP); returns the batch loss."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = torch.zeros(())
+        if len(batch["index"]):
+            loss = self.losses(batch["image"], batch["condition"]).mean()
+            loss.backward()
+            if self.session is not None:
+                sum_per_unit(self.optimizer, self.units[batch["index"]])
+        elif self.session is not None:
+            empty_batch_grads(self.optimizer)
+        if self.session is None:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.optimizer.step()
+        self.lr_schedule.step()
+        self.ema.step(self.model.parameters())
+        self.step += 1
+        return float(loss.detach())
+
+    def run(self, steps: int, progress: bool = True, log_path: Path | None = None) -> GeneratorStats:
+        """Train ``steps`` steps."""
+        total = images = skipped = done = 0
+        start = time.perf_counter()
+        columns = (TextColumn("[bold]generator"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("{task.fields[info]}"))
+        with Progress(*columns, disable=not progress) as bar:
+            task = bar.add_task("train", total=steps, info="")
+            for batch in self._loader():
+                if done >= steps:
+                    break
+                skipped += len(batch["skipped"])
+                loss = self.train_step(batch)
+                done += 1
+                total += loss
+                images += len(batch["index"])
+                bar.update(task, advance=1, info=f"loss={loss:.4f} | {images / (time.perf_counter() - start):.1f} img/s")
+                if log_path is not None and (self.step % self.cfg.log_every == 0 or done == steps):
+                    with open(log_path, "a") as fh:
+                        fh.write(json.dumps({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0]})
+                                 + "\n")
+        return GeneratorStats(done, images, time.perf_counter() - start, total / max(done, 1), skipped)
+
+    def ema_state(self) -> dict[str, torch.Tensor]:
+        """The EMA weights as a state dict of the model."""
+        self.ema.store(self.model.parameters())
+        self.ema.copy_to(self.model.parameters())
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.ema.restore(self.model.parameters())
+        return state
+
+    # --- resumption --------------------------------------------------------------------------
+    def save_state(self, folder: Path) -> None:
+        state = {"optimizer": self.optimizer.state_dict(), "lr_schedule": self.lr_schedule.state_dict(),
+                 "ema": self.ema.state_dict(), "step": self.step, "generator": self.generator.get_state(),
+                 "torch_rng": torch.get_rng_state()}
+        with atomic_path(folder / STATE_FILE) as tmp:
+            torch.save(state, tmp)
+
+    def load_state(self, folder: Path) -> None:
+        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.lr_schedule.load_state_dict(state["lr_schedule"])
+        self.ema.load_state_dict(state["ema"])
+        self.step = state["step"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+
+
+def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
+    """Train (or, with ``resume``, continue) the generator on ``app.data.manifests``' train rows;
+    the run folder gets ``config.yaml``, ``metrics.jsonl``, ``generator/`` (weights, EMA weights,
+    description), the trainer state and, under DP-SGD, the privacy ledger. Returns a summary."""
+    problems = privacy_problems(app.privacy)
+    if problems:
+        raise PrivacyConfigError("privacy configuration refused:\n  - " + "\n  - ".join(problems))
+    run_dir = Path(app.run_dir)
+    write_resolved_config(app, run_dir)
+    records = load_training_records(app.data)
+    folder = run_dir / GENERATOR_DIR
+    resuming = app.resume and (run_dir / STATE_FILE).is_file()
+    seed_everything(app.train.seed)
+    if resuming:
+        model, _ = load_generator(folder, use_ema=False)
+    else:
+        model = ConditionalUNet(app.generator, Conditioning.from_records(records))
+    model, fixes = make_opacus_compatible(model) if app.privacy.mode == "dp-sgd" else (model, [])
+    session = None
+    if app.privacy.mode == "dp-sgd":
+        session = DPSession.open(run_dir, app.privacy, records, app.train.batch_size, app.train.steps,
+                                 trained_before=(run_dir / STATE_FILE).is_file())
+    dataset = GeneratorDataset(records, app.generator.image_size, model.conditioning)
+    trainer = GeneratorTrainer(model, app, dataset, session)
+    if resuming:
+        trainer.load_state(run_dir)
+        log.info("resumed %s at step %d", run_dir, trainer.step)
+    log.info("generator on %d images, %d categories, modalities %s, %s", len(records),
+             len(model.conditioning.categories), ", ".join(model.conditioning.modalities), trainer.device)
+    label_mix, modality_mix = training_mix(records)
+    chunks: list[GeneratorStats] = []
+    every = app.train.checkpoint_every or app.train.steps
+    while trainer.step < app.train.steps:
+        chunk = min(every, app.train.steps - trainer.step)
+        if session is not None and not session.allows(chunk):
+            break
+        chunks.append(trainer.run(chunk, progress, run_dir / "metrics.jsonl"))
+        extra = {"step": trainer.step, "model_fixes": fixes, "images": len(records),
+                 "label_mix": {";".join(k): v for k, v in label_mix.items()}, "modality_mix": modality_mix}
+        if session is not None:
+            session.record(chunks[-1].steps, {"step": trainer.step})
+            extra["privacy"] = session.describe()
+        save_generator(model, trainer.ema_state(), folder, extra)
+        trainer.save_state(run_dir)
+    steps = sum(c.steps for c in chunks)
+    summary = {"step": trainer.step, "steps_this_run": steps, "device": str(trainer.device),
+               "loss_first_chunk": chunks[0].loss if chunks else None, "loss_last_chunk": chunks[-1].loss if chunks else None,
+               "images_per_s": sum(c.images for c in chunks) / max(sum(c.seconds for c in chunks), 1e-9),
+               "skipped_images": sum(c.skipped for c in chunks),
+               "privacy": session.describe() if session is not None else {"mode": "none"}}
+    write_json_atomic(run_dir / "train_summary.json", summary)
+    return summary
