@@ -29,8 +29,13 @@ def _unpack(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Local training from the round's global weights."""
     cfg, site, config, global_state, expected = _unpack(msg, context)
-    result = train_round(cfg, site, global_state, int(config["server-round"]), float(config.get("proximal-mu", 0.0)),
-                         expected=expected)
+    if cfg.task == "generator":
+        from client.generator_round import train_generator_round
+
+        result = train_generator_round(cfg, site, global_state, int(config["server-round"]), expected)
+    else:
+        result = train_round(cfg, site, global_state, int(config["server-round"]),
+                             float(config.get("proximal-mu", 0.0)), expected=expected)
     arrays = ArrayRecord(result.state)
     if cfg.secagg.enabled:
         arrays, clipped = secagg_delta(arrays, msg.content["arrays"], cfg.secagg.clipping_range)

@@ -89,6 +89,26 @@ def _prune_states(site: Site) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+TRAINED_MARKERS = ("trainer", "generator")  # folders in a site's state dir that show it has trained
+
+
+def open_privacy(app: FederationAppConfig, site: Site, records: list, total_steps: int) -> DPSession | None:
+    """The DP-SGD session of this site's round, or None without DP. A site whose state shows
+    earlier training must have its ledger (LedgerError otherwise)."""
+    if app.privacy.mode != "dp-sgd":
+        return None
+    trained = any((site.state_dir / marker).is_dir() for marker in TRAINED_MARKERS)
+    return DPSession.open(site.state_dir, app.privacy, records, app.train.batch_size, total_steps, trained)
+
+
+def budget_stop(model: torch.nn.Module, session: DPSession, server_round: int) -> "RoundResult":
+    """The reply of a site whose next round would pass its ε budget: no steps, its ε so far."""
+    spent = session.ledger.spent()
+    metrics = {"num-examples": 0, "site-weight": 0.0, "server-round": server_round, "steps": 0,
+               "privacy-budget-exhausted": 1, "epsilon": spent}
+    return RoundResult(exchanged_state_dict(model), metrics, session.describe())
+
+
 @dataclass
 class RoundResult:
     """A site's reply to a training round: weights, metrics, and the DP settings it trained under."""
@@ -119,15 +139,10 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
                             augment=app.data.augment)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     total_steps = app.federation.rounds * app.train.steps
-    session = None
-    if app.privacy.mode == "dp-sgd":
-        session = DPSession.open(site.state_dir, app.privacy, records, app.train.batch_size, total_steps,
-                                 trained_before=(site.state_dir / "trainer").is_dir())
+    session = open_privacy(app, site, records, total_steps)
+    if session is not None:
         if not session.allows(app.train.steps):
-            spent = session.ledger.spent()
-            metrics = {"num-examples": 0, "site-weight": 0.0, "server-round": server_round, "steps": 0,
-                       "privacy-budget-exhausted": 1, "epsilon": spent}
-            return RoundResult(exchanged_state_dict(model), metrics, session.describe())
+            return budget_stop(model, session, server_round)
         trainer = session.trainer(model, objective, app.train, device, total_steps, app.data.num_workers, proximal)
     else:
         trainer = LocalTrainer(model, objective, app.train, device, total_steps=total_steps,

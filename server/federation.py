@@ -26,7 +26,7 @@ from shared_model.privacy.plan import resolve_privacy
 from shared_model.train.trainer import resolve_device, seed_everything
 from server.central_dp import SITE_WEIGHT_KEY, CentralAccountant, wrap_central_dp
 from server.privacy_report import write_privacy_report
-from server.round_checkpoint import ServerState, latest_round, load_strategy_state, save_round
+from server.round_checkpoint import ServerState, clip_writer, latest_round, load_strategy_state, save_round
 from server.rounds import RoundReport, run_rounds
 from server.strategy_registry import build_strategy, restore_strategy_state, strategy_state
 
@@ -83,6 +83,22 @@ def _privacy_state(cfg: FederationAppConfig) -> dict:
             "transport": cfg.federation.transport, "central": {"mode": cfg.privacy.central}, "rounds": []}
 
 
+def _task_model(cfg: FederationAppConfig):
+    """The model the federation trains and how a round checkpoint writes it: the foundation model
+    (a regular RetinaFL checkpoint) or the synthetic-corpus generator (a generator folder that
+    ``retina-synth sample --generator`` reads)."""
+    if cfg.task == "clip":
+        model = build_model(cfg.model)
+        return model, clip_writer(model, cfg.model)
+    if cfg.task == "generator":
+        from synthetic.generator import federated_generator, save_generator
+
+        model = federated_generator(cfg.generator, cfg.privacy.mode == "dp-sgd")
+        return model, lambda folder, server_round: save_generator(model, None, folder, {"round": server_round,
+                                                                                         "step": server_round})
+    raise ValueError(f"task must be 'clip' or 'generator', got {cfg.task!r}")
+
+
 def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
     """Run (or resume) the federated training described by ``cfg`` over ``grid``."""
     console = console or Console()
@@ -91,10 +107,10 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    model = build_model(cfg.model)
+    model, write_model = _task_model(cfg)
     central = cfg.privacy.central != "none"
     strategy = build_strategy(cfg.strategy, cfg.federation, SITE_WEIGHT_KEY if central else "num-examples")
-    state = ServerState(0, [], cfg.strategy.name, {**_privacy_state(cfg), "model_fixes": model.dp_fixes})
+    state = ServerState(0, [], cfg.strategy.name, {**_privacy_state(cfg), "model_fixes": getattr(model, "dp_fixes", [])})
     found = latest_round(run_dir)
     if found is not None and not cfg.resume:
         raise ValueError(f"{run_dir} already holds round checkpoints (up to {found[0].name}); "
@@ -122,7 +138,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         due = report.round == cfg.federation.rounds or (
             cfg.federation.evaluate_every > 0 and report.round % cfg.federation.evaluate_every == 0)
         server_eval = None
-        if due and cfg.eval.sets:
+        if due and cfg.eval.sets and cfg.task == "clip":
             start = time.perf_counter()
             last_results.clear()
             last_results.update(evaluate_model(model, cfg.eval, cfg.model.image.image_size, device))
@@ -137,7 +153,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
             state.privacy["central"].update(accountant=accountant.state_dict(), epsilon=accountant.epsilon(),
                                             delta=accountant.delta)
         state.privacy["rounds"].append(privacy_round)
-        save_round(run_dir, model, cfg.model, strategy_state(strategy), state)  # weights copied to CPU there
+        save_round(run_dir, write_model, strategy_state(strategy), state)  # weights copied to CPU there
         write_privacy_report(run_dir, cfg, state.privacy)
         timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
         with open(run_dir / METRICS_FILE, "a") as fh:
@@ -145,7 +161,8 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         console.print(round_row(record, report.seconds))
 
     run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_round,
-               federated_eval=cfg.strategy.fraction_evaluate > 0, secagg=cfg.secagg, train_config=train_config)
+               federated_eval=cfg.strategy.fraction_evaluate > 0 and cfg.task == "clip", secagg=cfg.secagg,
+               train_config=train_config)
     if last_results:
         write_report({**last_results, "meta": {"round": state.round, "strategy": cfg.strategy.name,
                                                "config": asdict(cfg.federation)}},

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,17 +54,27 @@ def round_dir(run_dir: Path, server_round: int) -> Path:
     return run_dir / "checkpoints" / f"round_{server_round:04d}"
 
 
-def save_round(run_dir: Path, model: RetinaCLIP, model_cfg: ModelConfig, strategy_state: dict[str, np.ndarray],
+def clip_writer(model: RetinaCLIP, model_cfg: ModelConfig) -> Callable[[Path, int], list[str]]:
+    """Writes the foundation model as a regular RetinaFL checkpoint (``retina-eval`` loads it)."""
+    def write(folder: Path, server_round: int) -> list[str]:
+        save_checkpoint(model, model_cfg, folder, extra={"round": server_round})
+        return [WEIGHTS, CONFIG]
+
+    return write
+
+
+def save_round(run_dir: Path, write_model: Callable[[Path, int], list[str]], strategy_state: dict[str, np.ndarray],
                state: ServerState) -> Path:
-    """Write round ``state.round`` completely, then rename it into place; keeps the last rounds."""
+    """Write round ``state.round`` completely (``write_model(folder, round)`` writes the weights and
+    names its files), then rename it into place; keeps the last rounds."""
     from safetensors.numpy import save_file
 
     final = round_dir(run_dir, state.round)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    save_checkpoint(model, model_cfg, tmp, extra={"round": state.round})
+    written = write_model(tmp, state.round)
     save_file(strategy_state, str(tmp / STRATEGY_FILE), metadata={"format": FORMAT})
-    files = {name: sha256_file(tmp / name) for name in (WEIGHTS, CONFIG, STRATEGY_FILE)}
+    files = {name: sha256_file(tmp / name) for name in (*written, STRATEGY_FILE)}
     write_json_atomic(tmp / STATE_FILE, {"format": FORMAT, "round": state.round, "strategy": state.strategy,
                                          "history": state.history, "privacy": state.privacy, "files": files})
     for path in tmp.iterdir():

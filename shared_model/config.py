@@ -247,6 +247,22 @@ class FederationConfig:
 
 
 @dataclass
+class GeneratorConfig:
+    """The conditional DDPM generator (diffusers ``UNet2DModel``), conditioned on a label set and
+    a modality through its class embedding, with classifier-free guidance."""
+
+    image_size: int = 64  # 64 px on CPU; 128-256 px on a GPU
+    block_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
+    layers_per_block: int = 1
+    attention_levels: int = 1  # self-attention in this many of the lowest-resolution levels
+    num_train_timesteps: int = 1000
+    condition_dropout: float = 0.1  # share of training examples with the condition dropped (guidance)
+    # Condition vocabulary when the generator is trained federated (every site must share it): all
+    # categories of the expert dictionary and these modalities. Local training takes both from the data.
+    modalities: list[str] = field(default_factory=lambda: ["CFP", "OCT"])
+
+
+@dataclass
 class SecAggConfig:
     """Secure aggregation (SecAgg+, Bell et al. 2020): the coordinator learns only the sum of the
     site updates. Updates are sent as deltas, clipped to ``clipping_range`` and quantised."""
@@ -271,19 +287,10 @@ class FederationAppConfig(TrainAppConfig):
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
-
-
-@dataclass
-class GeneratorConfig:
-    """The conditional DDPM generator (diffusers ``UNet2DModel``), conditioned on a label set and
-    a modality through its class embedding, with classifier-free guidance."""
-
-    image_size: int = 64  # 64 px on CPU; 128-256 px on a GPU
-    block_channels: list[int] = field(default_factory=lambda: [32, 64, 64, 128])
-    layers_per_block: int = 1
-    attention_levels: int = 1  # self-attention in this many of the lowest-resolution levels
-    num_train_timesteps: int = 1000
-    condition_dropout: float = 0.1  # share of training examples with the condition dropped (guidance)
+    # What the federation trains: 'clip' (the foundation model) or 'generator' (the synthetic-corpus
+    # diffusion model; ``train.steps/batch_size/lr`` are the sites' steps, ``generator`` its shape).
+    task: str = "clip"
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
 @dataclass

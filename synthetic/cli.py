@@ -60,15 +60,19 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _sample(args: argparse.Namespace) -> int:
-    from synthetic.generator import GENERATOR_DIR, load_generator
+    from synthetic.generator import GENERATOR_DIR, GENERATOR_FILE, load_generator
     from synthetic.sampling import sample_corpus
 
     flags = {"n": args.n, "labels": args.labels, "modalities": args.modalities, "scheduler": args.scheduler,
              "steps": args.steps, "guidance": args.guidance, "seed": args.seed}
     overrides = [f"sample.{k}={v!r}" if isinstance(v, str) else f"sample.{k}={v}" for k, v in flags.items()
                  if v is not None] + args.overrides
-    app = compose(overrides, Path(args.generator))
-    model, meta = load_generator(Path(args.generator) / GENERATOR_DIR, use_ema=app.sample.use_ema)
+    source = Path(args.generator)
+    if (source / GENERATOR_FILE).is_file():  # a generator folder, e.g. a federated run's round checkpoint
+        app, folder = compose(overrides), source
+    else:  # a retina-synth train run folder
+        app, folder = compose(overrides, source), source / GENERATOR_DIR
+    model, meta = load_generator(folder, use_ema=app.sample.use_ema)
     manifest = sample_corpus(model, meta, app.sample, Path(args.out), app.train.device)
     Console().print(f"{app.sample.n} images and {manifest} written", highlight=False)
     return 0
@@ -110,7 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     train.add_argument("--dp", action="store_true", help="train with DP-SGD (privacy.* settings apply)")
     train.add_argument("--resume", action="store_true", help="continue the run folder's training")
     sample = commands.add_parser("sample", help="sample a corpus with a fast scheduler")
-    sample.add_argument("--generator", required=True, help="generator run folder (retina-synth train)")
+    sample.add_argument("--generator", required=True, help="generator run folder (retina-synth train), or a "
+                        "generator folder such as a federated run's checkpoints/round_NNNN")
     sample.add_argument("--out", required=True, help="new folder for the corpus")
     sample.add_argument("--n", type=int)
     sample.add_argument("--labels", help='label mix, e.g. "moderate_npdr=0.2,normal=0.5" (default: training mix)')

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from shared_model.config import GeneratorConfig
 from shared_model.data.manifest import Record
-from shared_model.prompts import get_category
+from shared_model.prompts import CATEGORIES, get_category
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,12 @@ class Conditioning:
     def from_records(cls, records: list[Record]) -> "Conditioning":
         categories = sorted({get_category(label).key for r in records for label in r.labels})
         return cls(tuple(categories), tuple(sorted({r.modality for r in records})))
+
+    @classmethod
+    def federated(cls, cfg: GeneratorConfig) -> "Conditioning":
+        """The vocabulary every site of a federated generator shares: the whole expert dictionary
+        and the configured modalities (no site's data decides it)."""
+        return cls(tuple(CATEGORIES), tuple(cfg.modalities))
 
     @property
     def size(self) -> int:

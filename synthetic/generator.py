@@ -55,8 +55,18 @@ class ConditionalUNet(nn.Module):
         return self.unet(noisy, timesteps, class_labels=self.condition_embed(condition)).sample
 
 
+def federated_generator(cfg: GeneratorConfig, private: bool) -> ConditionalUNet:
+    """The generator a federation trains: the shared vocabulary, Opacus-validated under DP-SGD."""
+    model = ConditionalUNet(cfg, Conditioning.federated(cfg))
+    if private:
+        from shared_model.privacy.model_fixes import make_opacus_compatible
+
+        model, _ = make_opacus_compatible(model)
+    return model
+
+
 def save_generator(model: ConditionalUNet, ema_state: dict[str, torch.Tensor] | None, folder: Path,
-                   extra: dict | None = None) -> None:
+                   extra: dict | None = None) -> list[str]:
     """Weights (and EMA weights) as safetensors plus a JSON description with their SHA-256."""
     from safetensors.torch import save_file
 
@@ -70,6 +80,7 @@ def save_generator(model: ConditionalUNet, ema_state: dict[str, torch.Tensor] | 
             "modalities": list(model.conditioning.modalities), "extra": extra or {},
             "sha256": {name: sha256_file(folder / name) for name in files}}
     write_text_atomic(folder / GENERATOR_FILE, json.dumps(meta, indent=1) + "\n")
+    return [*files, GENERATOR_FILE]
 
 
 def load_generator(folder: str | Path, use_ema: bool = True) -> tuple[ConditionalUNet, dict]:

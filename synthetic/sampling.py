@@ -84,6 +84,8 @@ def draw_conditions(n: int, label_mix: dict, modality_mix: dict[str, float], see
 
 def resolve_mixes(cfg: SynthSampleConfig, meta: dict) -> tuple[dict, dict[str, float]]:
     """Label-set and modality mixes: the user's, or the generator's training frequencies."""
+    if not (cfg.labels and cfg.modalities) and "label_mix" not in meta["extra"]:
+        raise ValueError("this generator was trained federated and keeps no training mix: give --labels and --modalities")
     if cfg.labels:
         label_mix = {(get_category(name).key,): share for name, share in parse_mix(cfg.labels, "--labels").items()}
     else:

@@ -56,7 +56,8 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
     """
     p = app.privacy
     problems = privacy_problems(p)
-    if p.mode == "dp-sgd":
+    clip = getattr(app, "task", "clip") == "clip"  # a federated generator has no contrastive terms
+    if p.mode == "dp-sgd" and clip:
         if app.loss.image_text > 0 and app.loss.image_text_variant != "bank":
             problems.append(f"loss.image_text_variant={app.loss.image_text_variant!r} is in-batch contrast, which "
                             "couples examples: use loss.image_text_variant=bank (contrast against public prompt "
@@ -79,7 +80,7 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
                             "a clipped sum (FedAvg-type strategies only)")
     if problems:
         raise PrivacyConfigError("privacy configuration refused:\n  - " + "\n  - ".join(problems))
-    if p.mode == "dp-sgd" and not app.model.opacus_compatible:
+    if p.mode == "dp-sgd" and clip and not app.model.opacus_compatible:
         app = replace(app, model=replace(app.model, opacus_compatible=True))
     return app
 

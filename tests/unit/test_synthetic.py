@@ -119,3 +119,30 @@ def test_dp_generator_reports_epsilon(small_phantom, tmp_path):
     assert summary["privacy"]["epsilon"] == ledger.spent() > 0 and ledger.total_steps == 3
     _, meta = load_generator(tmp_path / "dp" / GENERATOR_DIR)
     assert meta["extra"]["privacy"]["unit"] == "patient"
+
+
+def test_federated_generator_rounds_write_a_sampleable_generator(small_phantom, tmp_path):
+    from server.federation import run_federation
+    from server.round_checkpoint import latest_round
+    from shared_model.run_config import flatten_config
+    from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler
+    from tests.unit.test_federation import federation_cfg
+
+    cfg = federation_cfg(small_phantom, tmp_path / "fed", "task=generator", "generator.block_channels=[16,32]",
+                         "generator.attention_levels=0", "federation.rounds=2", "eval=none",
+                         "strategy.fraction_evaluate=0")
+    grid = InProcessGrid({node: client_app_handler(node, {"partition-id": k, "num-partitions": 2}, flatten_config(cfg))
+                          for k, node in enumerate((11, 22))})
+    state = run_federation(grid, cfg)
+    assert [sorted(r["sites"]) for r in state.history] == [["site_0", "site_1"]] * 2
+    assert all(r["sites"]["site_0"]["loss.diffusion"] > 0 for r in state.history)
+    folder, _ = latest_round(tmp_path / "fed")
+    model, meta = load_generator(folder)
+    assert meta["extra"]["round"] == 2 and len(model.conditioning.categories) > 70  # the shared dictionary vocabulary
+    assert (tmp_path / "fed" / "sites" / "site_0" / "generator" / "generator_state.pt").is_file()
+    app = compose_app("synth", [])
+    with pytest.raises(ValueError, match="trained federated"):
+        sample_corpus(model, meta, replace(app.sample, n=2), tmp_path / "none", progress=False)
+    sample_corpus(model, meta, replace(app.sample, n=2, steps=2, labels="glaucoma=1", modalities="OCT=1"),
+                  tmp_path / "corpus", progress=False)
+    assert [r.labels for r in load_manifest(tmp_path / "corpus" / MANIFEST).records] == [("glaucoma",)] * 2
