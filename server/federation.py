@@ -59,11 +59,17 @@ def history_record(report: RoundReport, server_eval: dict | None) -> dict:
             "bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received}
 
 
+def site_summary(metrics: dict) -> str:
+    """A site's round in a few characters: its loss terms, or its ε under DP-SGD (no losses are sent)."""
+    if "epsilon" in metrics:
+        return f"ε={metrics['epsilon']:.3g}"
+    return " ".join(f"{k.removeprefix('loss.')}={v:.3f}" for k, v in metrics.items()
+                    if k.startswith("loss.") and k != "loss.total")
+
+
 def round_row(record: dict, seconds: float) -> str:
     """One printable line: loss terms (ε under DP-SGD) per site, aggregate zero-shot ACA, time, bytes moved."""
-    sites = "  ".join(f"{name}: " + (f"ε={m['epsilon']:.3g}" if "epsilon" in m else " ".join(
-        f"{k.removeprefix('loss.')}={v:.3f}" for k, v in m.items() if k.startswith("loss.") and k != "loss.total"))
-                      for name, m in record["sites"].items())
+    sites = "  ".join(f"{name}: {site_summary(m)}" for name, m in record["sites"].items())
     aca = ", ".join(f"{task} ACA {v['aca']:.3f}" for task, v in (record["server_eval"] or {}).items())
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
     return f"round {record['round']}: {sites} | {aca or 'not evaluated'} | {seconds:.1f} s | {moved:.1f} MiB"

@@ -17,7 +17,7 @@ from rich.table import Table
 from shared_model.config import FederationAppConfig
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.train.centralized import write_resolved_config
-from server.federation import METRICS_FILE, round_row
+from server.federation import METRICS_FILE, round_row, site_summary
 from server.flower_app import write_flower_app
 from shared_model.offline_env import offline_env
 from server.flower_runtime import Connection, run_logs, submit_run, wait_for_run, write_connections
@@ -43,16 +43,14 @@ def _run_deadline(cfg: FederationAppConfig) -> float:
 
 
 def round_table(records: list[dict]) -> Table:
-    """Rows of ``metrics.jsonl``: per-site losses (ε under DP-SGD, where losses are not sent),
+    """Rows of ``metrics.jsonl``: per-site loss terms (ε under DP-SGD, where losses are not sent),
     aggregate zero-shot ACA, time, bytes."""
     table = Table(title="federated rounds")
-    for column in ("round", "sites: losses (image_text / image_image / mae) or ε", "server zero-shot ACA",
-                   "federated ACA", "time (s)", "MiB moved"):
+    for column in ("round", "sites: loss terms, or ε", "server zero-shot ACA", "federated ACA", "time (s)",
+                   "MiB moved"):
         table.add_column(column)
     for r in records:
-        losses = "\n".join(f"{name}: ε={m['epsilon']:.3g}" if "epsilon" in m else
-                           f"{name}: {m.get('loss.image_text', 0):.3f} / {m.get('loss.image_image', 0):.3f} / "
-                           f"{m.get('loss.mae', 0):.3f}" for name, m in r["sites"].items())
+        losses = "\n".join(f"{name}: {site_summary(m)}" for name, m in r["sites"].items())
         aca = "\n".join(f"{task}: {v['aca']:.3f}" for task, v in (r.get("server_eval") or {}).items()) or "–"
         fed = r.get("federated_eval", {}).get("zero-shot-aca")
         table.add_row(str(r["round"]), losses, aca, "–" if fed is None else f"{fed:.3f}", f"{r['seconds']:.1f}",

@@ -54,6 +54,24 @@ def test_three_sites_two_rounds(tmp_path):
     assert local_superlink_pids(run / "flwr-home") == []  # the local SuperLink was stopped
 
 
+def test_secure_aggregation_with_dp_sgd_sites(tmp_path):
+    """SecAgg+ (four message exchanges a round, the sites' mod keeping state in its Context) with
+    DP-SGD sites, through Flower's simulation engine."""
+    run = tmp_path / "sim"
+    result = _run([str(BIN / "retina-sim"), f"phantom.root={tmp_path / 'phantom'}", f"run_dir={run}", *SMALL,
+                   "secagg=on", "privacy=dp_sgd", "privacy.noise_multiplier=1.0", "eval=none",
+                   "strategy.fraction_evaluate=0"])
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    for record in records:
+        assert sorted(record["sites"]) == ["site_0", "site_1", "site_2"]
+        assert all(m["epsilon"] > 0 and not any(k.startswith("loss.") for k in m) for m in record["sites"].values())
+    report = (run / "privacy.md").read_text()
+    assert "## Secure aggregation per round" in report and "| 2 | 3 | 0 / 0 / 0 / 0 |" in report
+    assert "| 2 | site_1 | dp-sgd | patient |" in report
+
+
 def test_missing_site_manifest_is_a_clear_error(tmp_path):
     result = _run([str(BIN / "retina-sim"), f"run_dir={tmp_path / 'sim'}", "phantom.ensure=false",
                    f"federation.site_manifests=[{tmp_path}/nowhere/site.csv]"])
