@@ -90,19 +90,20 @@ def _privacy_state(cfg: FederationAppConfig) -> dict:
 
 
 def _task_model(cfg: FederationAppConfig):
-    """The model the federation trains and how a round checkpoint writes it: the foundation model
-    (a regular RetinaFL checkpoint) or the synthetic-corpus generator (a generator folder that
-    ``retina-synth sample --generator`` reads)."""
+    """The model the federation trains: the foundation model or the synthetic-corpus generator."""
     if cfg.task == "clip":
-        model = build_model(cfg.model)
-        return model, clip_writer(model, cfg.model)
+        return build_model(cfg.model)
     if cfg.task == "generator":
-        from synthetic.generator import federated_generator, save_generator
+        from synthetic.generator import federated_generator
 
-        model = federated_generator(cfg.generator, cfg.privacy.mode == "dp-sgd")
-        return model, lambda folder, server_round: save_generator(model, None, folder, {"round": server_round,
-                                                                                         "step": server_round})
+        return federated_generator(cfg.generator, cfg.privacy.mode == "dp-sgd")
     raise ValueError(f"task must be 'clip' or 'generator', got {cfg.task!r}")
+
+
+def worst_site_privacy(privacy: dict) -> dict:
+    """The latest round's DP record of the site with the largest ε (what a shared generator's card states)."""
+    sites = [s for s in (privacy["rounds"][-1]["sites"].values() if privacy["rounds"] else []) if "epsilon" in s]
+    return max(sites, key=lambda s: s["epsilon"]) if sites else {"mode": "none"}
 
 
 def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
@@ -113,7 +114,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     run_dir.mkdir(parents=True, exist_ok=True)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
-    model, write_model = _task_model(cfg)
+    model = _task_model(cfg)
     central = cfg.privacy.central != "none"
     strategy = build_strategy(cfg.strategy, cfg.federation, SITE_WEIGHT_KEY if central else "num-examples")
     state = ServerState(0, [], cfg.strategy.name, {**_privacy_state(cfg), "model_fixes": getattr(model, "dp_fixes", [])})
@@ -138,6 +139,15 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     train_config = ConfigRecord({"model-schema": schema_digest(arrays), "app-version": app_version()})
     model.to(device)
     last_results: dict = {}
+
+    def write_model(folder: Path, server_round: int) -> list[str]:
+        # The foundation model as a regular checkpoint (retina-eval reads it); the generator as a
+        # generator folder (retina-synth sample reads it) carrying the worst site's ε.
+        if cfg.task == "clip":
+            return clip_writer(model, cfg.model)(folder, server_round)
+        from synthetic.generator import save_generator
+
+        return save_generator(model, None, folder, {"round": server_round, "privacy": worst_site_privacy(state.privacy)})
 
     def after_round(aggregate: ArrayRecord, report: RoundReport) -> None:
         load_exchanged_state_dict(model, aggregate.to_torch_state_dict())

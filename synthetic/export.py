@@ -65,16 +65,17 @@ def _fmt(value) -> str:
 def dataset_card(corpus: dict, audit: dict, problems: list[str], force_reason: str | None) -> str:
     """The Markdown card: what the corpus is, where it came from, what it cost, how it audited."""
     generator = corpus["generator"]
+    extra = generator["extra"]
+    trained = f"{extra['step']} steps at one site" if "step" in extra else f"federated, {extra.get('round')} rounds"
     privacy = generator["extra"].get("privacy", {"mode": "none"})
     dp = (f"DP-SGD, unit {privacy['unit']}, ε = {_fmt(privacy['epsilon'])} at δ = {_fmt(privacy['delta'])} "
           f"({privacy['accountant']}, {privacy['steps-total']} steps, C = {_fmt(privacy['max-grad-norm'])}, "
           f"σ = {_fmt(privacy['noise-multiplier'])})" if privacy.get("mode") == "dp-sgd"
           else "none: the generator was trained without differential privacy")
     lines = ["# Synthetic retinal corpus", "",
-             f"{corpus['n']} synthetic images with captions, sampled from a conditional diffusion generator trained "
-             "at one site. No image in this folder is a patient's image; see the audit below for how close they come.",
+             f"{corpus['n']} synthetic images with captions, sampled from a conditional diffusion generator. No image in this folder is a patient's image; see the audit below for how close they come.",
              "", "## Provenance", "",
-             f"- generator: diffusers UNet2DModel, {generator['generator']}, trained {generator['extra'].get('step')} steps",
+             f"- generator: diffusers UNet2DModel, {generator['generator']}, trained {trained}",
              f"- conditioning categories: {', '.join(generator['categories'])}; modalities: {', '.join(generator['modalities'])}",
              f"- sampling: {corpus['sample']['scheduler']}, {corpus['steps']} steps, guidance {corpus['sample']['guidance']}, "
              f"seed {corpus['sample']['seed']}",
