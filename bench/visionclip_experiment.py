@@ -47,6 +47,7 @@ def main() -> None:
     parser.add_argument("--generator-steps", type=int, default=800)
     parser.add_argument("--clip-steps", type=int, default=150)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--raw-weights", action="store_true", help="sample with the final weights, not the EMA")
     parser.add_argument("--out", type=Path, default=Path("runs/visionclip"))
     parser.add_argument("--doc", type=Path, default=Path("docs/visionclip_experiment.md"))
     args = parser.parse_args()
@@ -63,7 +64,7 @@ def main() -> None:
     corpus = args.out / "corpus"
     n_real = len(load_training_records(app.data))
     if not (corpus / MANIFEST).is_file():
-        model, meta = load_generator(gen_dir / GENERATOR_DIR)
+        model, meta = load_generator(gen_dir / GENERATOR_DIR, use_ema=not args.raw_weights)
         sample_corpus(model, meta, replace(app.sample, n=n_real, seed=args.seed, batch_size=32), corpus)
     audit = json.loads((corpus / "audit.json").read_text()) if (corpus / "audit.json").is_file() else \
         run_audit(corpus, app.data, app.audit, seed=args.seed)
@@ -87,7 +88,8 @@ def main() -> None:
     lines = ["# VisionCLIP on the phantom: synthetic vs real pretraining data", "",
              f"Run {datetime.date.today()} on {platform.processor() or platform.machine()}, torch {torch.__version__}, "
              f"{torch.get_num_threads()} threads. Command: `python bench/visionclip_experiment.py --site {args.site} "
-             f"--generator-steps {args.generator_steps} --clip-steps {args.clip_steps} --seed {args.seed}`.", "",
+             f"--generator-steps {args.generator_steps} --clip-steps {args.clip_steps} --seed {args.seed}"
+             f"{' --raw-weights' if args.raw_weights else ''}`.", "",
              f"Generator: {args.generator_steps} steps of 16 images on {args.site}'s {n_real} training images (64 px); "
              f"corpus: {n_real} images sampled with DDIM, 25 steps, guidance 2, in the site's label/modality mix. "
              f"Audit: {'passed' if audit['passed'] else 'FAILED'} (pixel near copies "

@@ -72,7 +72,9 @@ class GeneratorTrainer:
         self.optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.lr_schedule = get_cosine_schedule_with_warmup(self.optimizer, min(cfg.warmup_steps, cfg.steps - 1),
                                                            cfg.steps)
-        self.ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
+        # With warm-up the EMA decay grows from 0 towards ema_decay (1 - (1 + step)^-3/4), so early
+        # checkpoints are not dominated by the random initial weights.
+        self.ema = EMAModel(model.parameters(), decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
         self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
