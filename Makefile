@@ -4,13 +4,15 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+BROWSER_STAMP := $(VENV)/.chromium
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 DEMO_DIR ?= runs/demo
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo centralized experiment test install grid clean
+.PHONY: demo centralized experiment test install grid lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,8 +34,18 @@ centralized: $(STAMP)
 experiment: $(STAMP)
 	$(BIN)/python bench/federated_vs_centralized.py --site-steps 300 --rounds 5 --seeds 0 1
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+# Debian's Chromium renders report.html in tests/e2e/test_report_browser.py.
+$(BROWSER_STAMP): $(STAMP)
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null)
+	touch $(BROWSER_STAMP)
+
+test: $(STAMP) $(BROWSER_STAMP)
+	RETINAFL_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q
+
+# deploy/requirements.lock: the exact run-time versions the container images install.
+lock: $(STAMP)
+	$(BIN)/python deploy/lock_requirements.py
 
 grid: $(STAMP)
 	$(BIN)/retina-data grid --phantom data/phantom --out docs/img/phantom_grid.png

@@ -23,6 +23,8 @@ from shared_model.model import build_model
 from shared_model.model.checkpoint import WEIGHTS, load_weights
 from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
 from shared_model.privacy.plan import resolve_privacy
+from shared_model.reporting.metrics_log import METRICS_FILE, MetricsLog
+from shared_model.reporting.run_report import refresh_report
 from shared_model.train.trainer import resolve_device, seed_everything
 from server.central_dp import SITE_WEIGHT_KEY, CentralAccountant, wrap_central_dp
 from server.privacy_report import write_privacy_report
@@ -32,7 +34,6 @@ from server.strategy_registry import build_strategy, restore_strategy_state, str
 
 log = logging.getLogger(__name__)
 
-METRICS_FILE = "metrics.jsonl"
 # Reply metrics that measure time, not the model: kept in metrics.jsonl, left out of the history
 # stored in checkpoints, so a resumed run's history equals an uninterrupted one's.
 TIMING_KEYS = ("seconds",)
@@ -139,6 +140,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     train_config = ConfigRecord({"model-schema": schema_digest(arrays), "app-version": app_version()})
     model.to(device)
     last_results: dict = {}
+    metrics = MetricsLog(run_dir, cfg.report.tensorboard)
 
     def write_model(folder: Path, server_round: int) -> list[str]:
         # The foundation model as a regular checkpoint (retina-eval reads it); the generator as a
@@ -172,9 +174,11 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         save_round(run_dir, write_model, strategy_state(strategy), state)  # weights copied to CPU there
         write_privacy_report(run_dir, cfg, state.privacy)
         timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
-        with open(run_dir / METRICS_FILE, "a") as fh:
-            fh.write(json.dumps({**record, **timings}) + "\n")
+        central_epsilon = {"central_epsilon": privacy_round["central_epsilon"]} if accountant is not None else {}
+        metrics.append({**record, **timings, **central_epsilon})
         console.print(round_row(record, report.seconds))
+        if cfg.report.html:
+            refresh_report(run_dir)
 
     run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_round,
                federated_eval=cfg.strategy.fraction_evaluate > 0 and cfg.task == "clip", secagg=cfg.secagg,
@@ -183,4 +187,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
         write_report({**last_results, "meta": {"round": state.round, "strategy": cfg.strategy.name,
                                                "config": asdict(cfg.federation)}},
                      run_dir / "eval", f"RetinaFL {cfg.model.name} — {cfg.strategy.name}, round {state.round}")
+    metrics.close()
+    if cfg.report.html:
+        refresh_report(run_dir)
     return state

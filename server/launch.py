@@ -6,7 +6,6 @@ keep the run's log in ``flower.log``. Used by ``retina-sim`` (local simulation S
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -16,8 +15,9 @@ from rich.table import Table
 
 from shared_model.config import FederationAppConfig
 from shared_model.privacy.plan import resolve_privacy
+from shared_model.reporting.metrics_log import read_metrics
 from shared_model.train.centralized import write_resolved_config
-from server.federation import METRICS_FILE, round_row, site_summary
+from server.federation import round_row, site_summary
 from server.flower_app import write_flower_app
 from shared_model.offline_env import offline_env
 from server.flower_runtime import Connection, run_logs, submit_run, wait_for_run, write_connections
@@ -56,12 +56,6 @@ def round_table(records: list[dict]) -> Table:
         table.add_row(str(r["round"]), losses, aca, "–" if fed is None else f"{fed:.3f}", f"{r['seconds']:.1f}",
                       f"{(r['bytes_sent'] + r['bytes_received']) / 2 ** 20:.1f}")
     return table
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    """The run folder's ``metrics.jsonl`` records (empty before the first round completes)."""
-    path = run_dir / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
 def launch_run(cfg: FederationAppConfig, connection: Connection, env_extra: dict[str, str] | None = None,

@@ -12,6 +12,7 @@ Layout of a PKI folder::
     server.pem  server.key       the SuperLink's certificate and key (--certs-dir)
     sites/NAME/site.key          a site's private key (hand it to the site, then delete it here)
     sites/NAME/site.pub          its public key (registered with the SuperLink)
+    sites/NAME/ca.crt            a copy of the CA certificate: sites/NAME/ is the site's whole bundle
 """
 
 from __future__ import annotations
@@ -112,6 +113,7 @@ def add_site(folder: Path, name: str) -> tuple[Path, Path]:
                                                          serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     (target / "site.pub").write_bytes(public + f" {name}\n".encode())
+    (target / "ca.crt").write_bytes((folder / "ca.crt").read_bytes())
     return target / "site.key", target / "site.pub"
 
 

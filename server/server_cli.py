@@ -3,7 +3,7 @@
   retina-server pki init --dir PKI --host coordinator.example.org --host 10.0.0.5
   retina-server pki add-site NAME --dir PKI [--public-key site.pub] [--superlink HOST:PORT]
   retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir PKI | --insecure)
-  retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [HYDRA OVERRIDES ...]
+  retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--config-dir DIR] [HYDRA OVERRIDES ...]
   retina-server run --superlink HOST:PORT ... --resume RUN_DIR [HYDRA OVERRIDES ...]
   retina-server status --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--run-dir RUN_DIR]
 
@@ -80,9 +80,11 @@ def _connection(args: argparse.Namespace):
                       root_certificates=str(Path(args.root_certificates).resolve()) if args.root_certificates else None)
 
 
-def compose_run_config(overrides: list[str], resume: Path | None):
-    """The typed run config: Hydra composition of ``federation`` with ``overrides``, or, with
-    ``resume``, that run folder's saved ``config.yaml`` with the overrides applied on top."""
+def compose_run_config(overrides: list[str], resume: Path | None, config_dir: Path | None = None):
+    """The typed run config: Hydra composition of ``federation`` with ``overrides`` (config groups
+    also searched for in ``config_dir``, e.g. ``CONFIG_DIR/experiment/consortium.yaml`` selected
+    by ``+experiment=consortium``), or, with ``resume``, that run folder's saved ``config.yaml``
+    with the overrides applied on top."""
     from hydra import compose, initialize_config_module
     from omegaconf import OmegaConf
 
@@ -91,6 +93,10 @@ def compose_run_config(overrides: list[str], resume: Path | None):
 
     if resume is None:
         register_configs()
+        if config_dir is not None:
+            if not config_dir.is_dir():
+                raise FileNotFoundError(f"--config-dir {config_dir}: no such folder")
+            overrides = [f"hydra.searchpath=[file://{config_dir.resolve()}]", *overrides]
         with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
             return OmegaConf.to_object(compose("federation", overrides=overrides))
     saved = resume / "config.yaml"
@@ -105,7 +111,7 @@ def _run(args: argparse.Namespace) -> int:
     from shared_model.data.embedded import ensure_phantom
     from server.launch import launch_run, with_absolute_paths
 
-    cfg = with_absolute_paths(compose_run_config(args.overrides, args.resume))
+    cfg = with_absolute_paths(compose_run_config(args.overrides, args.resume, args.config_dir))
     if cfg.phantom.ensure and cfg.eval.sets:
         ensure_phantom(cfg.phantom)  # the default held-out evaluation set lives at the coordinator
     launch_run(cfg, _connection(args))
@@ -115,7 +121,7 @@ def _run(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     from shared_model.offline_env import offline_env
     from server.flower_runtime import flwr_json, write_connections
-    from server.launch import read_metrics
+    from shared_model.reporting.metrics_log import read_metrics
 
     console = Console()
     conn = _connection(args)
@@ -192,6 +198,8 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--superlink", required=True, help="HOST:PORT of the SuperLink")
     _security(run)
     run.add_argument("--resume", type=Path, help="continue this run folder from its last complete round")
+    run.add_argument("--config-dir", type=Path, help="the consortium's own config groups, e.g. "
+                     "DIR/experiment/NAME.yaml selected with +experiment=NAME")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=5 strategy=fedprox")
     pki = commands.add_parser("pki", help="the federation's CA, SuperLink certificate and site keys")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)

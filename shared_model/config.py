@@ -193,6 +193,14 @@ class PrivacyConfig:
 
 
 @dataclass
+class ReportConfig:
+    """What a run writes besides ``metrics.jsonl`` and checkpoints (``shared_model/reporting``)."""
+
+    html: bool = True  # report.html, rewritten after every round / at the end of the run
+    tensorboard: bool = False  # mirror metrics.jsonl to RUN_DIR/tensorboard event files (local only)
+
+
+@dataclass
 class TrainAppConfig:
     """``retina-train``: centralized training followed by the common evaluation."""
 
@@ -203,6 +211,7 @@ class TrainAppConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     run_dir: str = "runs/train"
     resume: bool = False
 
@@ -350,6 +359,7 @@ class SynthAppConfig:
     audit: AuditConfig = field(default_factory=AuditConfig)
     data: DataConfig = field(default_factory=DataConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
     run_dir: str = "runs/synth"  # the generator's run folder (weights, state, ledger)
     resume: bool = False
 

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+from rich.progress import track
 
 from shared_model.atomic_files import write_json_atomic
 from shared_model.config import AuditConfig, DataConfig
@@ -43,10 +44,11 @@ class AuditError(ValueError):
     """The audit cannot be run as asked (missing held-out images, unreadable corpus...)."""
 
 
-def pixel_features(records: list[Record], size: int) -> tuple[np.ndarray, list[Record]]:
+def pixel_features(records: list[Record], size: int, what: str = "images",
+                   progress: bool = False) -> tuple[np.ndarray, list[Record]]:
     """[N, 3*size*size] images in [0, 1] (readable records only)."""
     rows, kept = [], []
-    for record in records:
+    for record in track(records, description=f"reading {what}", disable=not progress, transient=True):
         try:
             img = read_image(record.image, size)
         except ImageReadError:
@@ -138,7 +140,8 @@ def label_fidelity(model, records: list[Record], embeddings: np.ndarray, categor
     return float(np.mean(hits)) if hits else float("nan")
 
 
-def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "auto", seed: int = 0) -> dict:
+def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "auto", seed: int = 0,
+              progress: bool = False) -> dict:
     """Audit ``corpus`` against the site's training rows and its held-out (val/test) rows of
     ``data.manifests``; writes and returns the audit record (``passed`` is the verdict)."""
     synthetic_records = load_manifest(corpus / MANIFEST).records
@@ -147,9 +150,9 @@ def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "a
     if len(heldout_records) < 10:
         raise AuditError(f"{len(heldout_records)} held-out (val/test) rows in {data.manifests}: the audit calibrates "
                          "its thresholds on real images the generator never saw; give the site's held-out rows")
-    syn_px, synthetic_records = pixel_features(synthetic_records, cfg.pixel_size)
-    train_px, train_records = pixel_features(train_records, cfg.pixel_size)
-    held_px, heldout_records = pixel_features(heldout_records, cfg.pixel_size)
+    syn_px, synthetic_records = pixel_features(synthetic_records, cfg.pixel_size, "synthetic images", progress)
+    train_px, train_records = pixel_features(train_records, cfg.pixel_size, "training images", progress)
+    held_px, heldout_records = pixel_features(heldout_records, cfg.pixel_size, "held-out images", progress)
     pixel = space_checks(syn_px, train_px, held_px, "rms", cfg, seed)
     result: dict = {"corpus": str(corpus), "manifest_sha256": sha256_file(corpus / MANIFEST),
                     "n_synthetic": len(synthetic_records), "n_train": len(train_records),
@@ -161,7 +164,7 @@ def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "a
         dev = resolve_device(device)
         model, model_cfg = load_checkpoint(cfg.checkpoint, dev)
         size = model_cfg.image.image_size
-        syn_e, train_e, held_e = (embed_records(model, recs, size, dev).embeddings
+        syn_e, train_e, held_e = (embed_records(model, recs, size, dev, progress=progress).embeddings
                                   for recs in (synthetic_records, train_records, heldout_records))
         embedding = space_checks(syn_e, train_e, held_e, "cosine", cfg, seed)
         spaces.append(embedding)

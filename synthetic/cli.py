@@ -75,7 +75,18 @@ def _sample(args: argparse.Namespace) -> int:
     model, meta = load_generator(folder, use_ema=app.sample.use_ema)
     manifest = sample_corpus(model, meta, app.sample, Path(args.out), app.train.device)
     Console().print(f"{app.sample.n} images and {manifest} written", highlight=False)
+    if app.report.html:
+        _refresh_reports(Path(args.out))
     return 0
+
+
+def _refresh_reports(corpus: Path) -> None:
+    """The corpus's own report, and its run folder's when it was sampled into one."""
+    from shared_model.reporting.run_report import REPORT_FILE, refresh_report
+
+    refresh_report(corpus)
+    if (corpus.parent / REPORT_FILE).is_file():
+        refresh_report(corpus.parent)
 
 
 def _audit(args: argparse.Namespace) -> int:
@@ -83,7 +94,7 @@ def _audit(args: argparse.Namespace) -> int:
 
     overrides = ([f"audit.checkpoint={Path(args.checkpoint).resolve()}"] if args.checkpoint else []) + args.overrides
     app = compose(overrides, Path(args.generator))
-    result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed)
+    result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed, progress=True)
     console = Console()
     for space in ("pixel", "embedding"):
         s = result.get(space)
@@ -92,6 +103,8 @@ def _audit(args: argparse.Namespace) -> int:
                           f"closer to train {s['closer_to_train_fraction']:.3f}", highlight=False)
     console.print(f"audit {'[green]passed[/green]' if result['passed'] else '[red]FAILED[/red]'}: "
                   f"{Path(args.corpus) / 'audit.json'}")
+    if app.report.html:
+        _refresh_reports(Path(args.corpus))
     return 0 if result["passed"] else 3
 
 

@@ -7,7 +7,6 @@ because the diffusion loss of one image reads that image only."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ from shared_model.privacy.model_fixes import make_opacus_compatible
 from shared_model.privacy.plan import privacy_problems
 from shared_model.privacy.session import DPSession
 from shared_model.privacy.units import PoissonUnitSampler, secret_generator
+from shared_model.reporting.metrics_log import MetricsLog
+from shared_model.reporting.run_report import write_run_report
 from shared_model.train.centralized import load_training_records, write_resolved_config
 from shared_model.train.trainer import resolve_device, seed_everything
 from synthetic.conditioning import Conditioning, training_mix
@@ -127,7 +128,7 @@ class GeneratorTrainer:
         self.step += 1
         return float(loss.detach())
 
-    def run(self, steps: int, progress: bool = True, log_path: Path | None = None) -> GeneratorStats:
+    def run(self, steps: int, progress: bool = True, metrics: MetricsLog | None = None) -> GeneratorStats:
         """Train ``steps`` steps."""
         total = images = skipped = done = 0
         start = time.perf_counter()
@@ -144,10 +145,9 @@ class GeneratorTrainer:
                 total += loss
                 images += len(batch["index"])
                 bar.update(task, advance=1, info=f"loss={loss:.4f} | {images / (time.perf_counter() - start):.1f} img/s")
-                if log_path is not None and (self.step % self.cfg.log_every == 0 or done == steps):
-                    with open(log_path, "a") as fh:
-                        fh.write(json.dumps({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0]})
-                                 + "\n")
+                if metrics is not None and (self.step % self.cfg.log_every == 0 or done == steps):
+                    metrics.append({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0],
+                                    "images_per_s": images / (time.perf_counter() - start)})
         return GeneratorStats(done, images, time.perf_counter() - start, total / max(done, 1), skipped)
 
     def ema_state(self) -> dict[str, torch.Tensor]:
@@ -208,11 +208,12 @@ def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
     label_mix, modality_mix = training_mix(records)
     chunks: list[GeneratorStats] = []
     every = app.train.checkpoint_every or app.train.steps
+    metrics = MetricsLog(run_dir, app.report.tensorboard)
     while trainer.step < app.train.steps:
         chunk = min(every, app.train.steps - trainer.step)
         if session is not None and not session.allows(chunk):
             break
-        chunks.append(trainer.run(chunk, progress, run_dir / "metrics.jsonl"))
+        chunks.append(trainer.run(chunk, progress, metrics))
         extra = {"step": trainer.step, "model_fixes": fixes, "images": len(records),
                  "label_mix": {";".join(k): v for k, v in label_mix.items()}, "modality_mix": modality_mix}
         if session is not None:
@@ -227,4 +228,7 @@ def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
                "skipped_images": sum(c.skipped for c in chunks),
                "privacy": session.describe() if session is not None else {"mode": "none"}}
     write_json_atomic(run_dir / "train_summary.json", summary)
+    metrics.close()
+    if app.report.html:
+        write_run_report(run_dir)
     return summary

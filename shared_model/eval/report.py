@@ -48,7 +48,8 @@ def _metric_cell(entry: dict, key: str) -> str:
     return _fmt(entry[key])
 
 
-def _classification_rows(results: dict) -> list[list[str]]:
+def classification_rows(results: dict) -> list[list[str]]:
+    """One row per classification entry (zero-shot, probes, k-shot): the CLASSIFICATION_HEADERS cells."""
     rows = []
     for section, label in CLASSIFICATION_SECTIONS.items():
         for dataset, entry in results.get(section, {}).items():
@@ -83,7 +84,7 @@ def _retrieval_table(results: dict) -> tuple[list[str], list[list[str]]]:
 def render_table(results: dict, title: str | None = None) -> Table:
     """Rich table of the results (classification rows, then retrieval rows) for the terminal."""
     outer = Table.grid(padding=(1, 0))
-    classification = _classification_rows(results)
+    classification = classification_rows(results)
     if classification:
         table = Table(*CLASSIFICATION_HEADERS, title=title)
         for row in classification:
@@ -109,7 +110,8 @@ def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("_") or "unnamed"
 
 
-def _confusion_png(cm: list[list[int]], class_names: list[str], title: str) -> bytes:
+def confusion_figure(cm: list[list[int]], class_names: list[str], title: str) -> Figure:
+    """Confusion matrix coloured by per-class recall, annotated with counts."""
     cm = np.asarray(cm)
     n = len(class_names)
     # Colour = row-normalised (per-class recall), so rare classes stay visible;
@@ -131,8 +133,12 @@ def _confusion_png(cm: list[list[int]], class_names: list[str], title: str) -> b
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title)
+    return fig
+
+
+def _confusion_png(cm: list[list[int]], class_names: list[str], title: str) -> bytes:
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    confusion_figure(cm, class_names, title).savefig(buffer, format="png", dpi=120, bbox_inches="tight")
     return buffer.getvalue()
 
 
@@ -163,7 +169,7 @@ def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
     written.extend(images)
 
     parts = [f"# {title}"]
-    classification = _classification_rows(results)
+    classification = classification_rows(results)
     if classification:
         parts += ["## Classification", _markdown_table(CLASSIFICATION_HEADERS, classification)]
     headers, retrieval = _retrieval_table(results)

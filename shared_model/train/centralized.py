@@ -22,6 +22,8 @@ from shared_model.atomic_files import write_json_atomic
 from shared_model.model.checkpoint import load_weights, save_checkpoint
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.privacy.session import DPSession
+from shared_model.reporting.metrics_log import MetricsLog
+from shared_model.reporting.run_report import write_run_report
 from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -88,12 +90,13 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     chunks: list[TrainStats] = []
     start = time.perf_counter()
     every = cfg.train.checkpoint_every or cfg.train.steps
+    metrics = MetricsLog(run_dir, cfg.report.tensorboard)
     while trainer.step < cfg.train.steps:
         chunk = min(every, cfg.train.steps - trainer.step)
         if session is not None and not session.allows(chunk):
             break
         budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds - (time.perf_counter() - start)
-        chunks.append(trainer.run(dataset, chunk, budget, progress, run_dir / "metrics.jsonl"))
+        chunks.append(trainer.run(dataset, chunk, budget, progress, metrics))
         extra = {"step": trainer.step}
         if session is not None:
             session.record(chunks[-1].steps, {"step": trainer.step})
@@ -102,6 +105,7 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
         trainer.save_state(ckpt)
         if chunks[-1].steps < chunk:  # time budget reached
             break
+    metrics.close()
     stats = merge_stats(chunks) if chunks else TrainStats(0, 0, 0.0, 0.0, {})
     write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "step": trainer.step, "device": str(device)})
     results = evaluate_model(model, cfg.eval, cfg.model.image.image_size, device, progress)
@@ -110,4 +114,6 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
         results["meta"]["privacy"] = session.describe()
     if cfg.eval.sets:
         write_report(results, run_dir / "eval", f"RetinaFL {cfg.model.name} — step {trainer.step}")
+    if cfg.report.html:
+        write_run_report(run_dir)
     return results

@@ -8,7 +8,6 @@ ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import time
@@ -26,6 +25,7 @@ from shared_model.config import TrainConfig
 from shared_model.data.dataset import Batch, EpochBatchSampler, RetinaDataset, collate
 from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
 from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.train.optim import build_optimizer, build_scheduler
 from shared_model.train.proximal import ProximalTerm
 
@@ -108,7 +108,7 @@ class LocalTrainer:
                           pin_memory=self.device.type == "cuda", generator=torch.Generator().manual_seed(self.cfg.seed))
 
     def run(self, dataset: RetinaDataset, steps: int, max_seconds: float | None = None, progress: bool = True,
-            log_path: Path | None = None, label: str = "train") -> TrainStats:
+            metrics: MetricsLog | None = None, label: str = "train") -> TrainStats:
         """Train for ``steps`` steps (or until ``max_seconds``), continuing the data order where it stopped."""
         sums: dict[str, float] = defaultdict(float)
         skipped: list[str] = []
@@ -135,8 +135,8 @@ class LocalTrainer:
                     rate = images / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in loss.terms.items())
                                + f" | {rate:.1f} img/s")
-                    if log_path is not None and (self.step % max(self.cfg.log_every, 1) == 0 or done == steps):
-                        self._log_line(log_path, loss, rate)
+                    if metrics is not None and (self.step % max(self.cfg.log_every, 1) == 0 or done == steps):
+                        metrics.append(self._log_line(loss, rate))
                     if done >= steps or self._out_of_time(start, max_seconds):
                         break
                 else:
@@ -152,12 +152,10 @@ class LocalTrainer:
     def _out_of_time(start: float, max_seconds: float | None) -> bool:
         return max_seconds is not None and time.perf_counter() - start >= max_seconds
 
-    def _log_line(self, path: Path, loss: ObjectiveOutput, rate: float) -> None:
-        line = {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
+    def _log_line(self, loss: ObjectiveOutput, rate: float) -> dict:
+        return {"step": self.step, "epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0],
                 "loss": float(loss.total.detach()), **{f"loss_{k}": v for k, v in loss.terms.items()},
                 "logit_scale": float(self.model.logit_scale().detach()), "images_per_s": rate}
-        with open(path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
 
     # --- resumption --------------------------------------------------------------------------
     def state_dict(self) -> dict:

@@ -45,6 +45,26 @@ def test_train_writes_a_complete_run_folder(trained):
     assert "heldout/CFP" in metrics["linear_probe"] and "heldout/CFP" in metrics["retrieval"]
     assert list((run / "eval").glob("confusion_*.png"))
     assert "ACA" in result.stdout
+    report = (run / "report.html").read_text()
+    assert 'id="loss-per-step"' in report and 'id="confusion-heldout/CFP"' in report
+
+
+def test_exported_checkpoint_is_evaluated_by_someone_without_the_run(trained, tmp_path):
+    """retina-export, then retina-eval from another folder on the export alone: the same scores."""
+    root, run, _ = trained
+    exported = _run([str(BIN / "retina-export"), str(run), "--out", str(tmp_path / "model")])
+    assert exported.returncode == 0, exported.stderr
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    elsewhere = tmp_path / "someone-else"
+    elsewhere.mkdir()
+    scored = subprocess.run([str(BIN / "retina-eval"), "checkpoint=../model", f"phantom.root={root / 'phantom'}",
+                             *TINY_PHANTOM, "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]",
+                             "out_dir=scores"], cwd=elsewhere, capture_output=True, text=True, timeout=600,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert scored.returncode == 0, scored.stderr[-3000:]
+    mine = json.loads((elsewhere / "scores" / "metrics.json").read_text())["zero_shot"]["heldout/CFP"]
+    theirs = json.loads((run / "eval" / "metrics.json").read_text())["zero_shot"]["heldout/CFP"]
+    assert mine["confusion_matrix"] == theirs["confusion_matrix"] and mine["aca"] == pytest.approx(theirs["aca"])
 
 
 def test_resume_continues_from_the_checkpoint(trained):

@@ -1,9 +1,10 @@
 """Deployment on loopback with real processes, as a coordinator and three hospitals run it, in
-the default mode — TLS with the federation's CA and registered site keys (``retina-server pki``):
-``retina-server superlink``, three ``retina-client`` SuperNodes, ``retina-server run`` for 2
-rounds during which one site is killed mid-round, ``retina-server status``; and site identity:
-an unregistered key and a client without the CA are refused. Every process is started here and
-stopped by PID."""
+the default mode — TLS with the federation's CA and registered site keys (``retina-server pki``),
+every command started through the container images' entrypoints (``deploy/entrypoints``) with
+the environment the compose file gives them: the SuperLink, three site SuperNodes, a run of 2
+rounds during which one site is killed mid-round, ``status``, the run's report and an exported
+model; and site identity: an unregistered key and a site holding another federation's CA are
+refused. Every process is started here and stopped by PID."""
 
 from __future__ import annotations
 
@@ -21,7 +22,11 @@ from server.flower_runtime import free_port, stop_process
 from shared_model.data.phantom import PhantomSpec, generate_phantom
 
 BIN = Path(sys.executable).parent
-ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250"}  # rich wraps at 80 columns otherwise
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+COORDINATOR = str(DEPLOY / "entrypoints" / "coordinator.sh")
+SITE = str(DEPLOY / "entrypoints" / "site.sh")
+# rich wraps at 80 columns otherwise; the entrypoints find the console scripts on PATH, as in the images.
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
 
 
 @pytest.fixture(scope="module")
@@ -32,9 +37,10 @@ def phantom(tmp_path_factory) -> Path:
     return root
 
 
-def _start(args: list[str], log: Path) -> subprocess.Popen:
+def _start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
     # Own process group: killing a site's group takes its SuperNode and ClientApp down together.
-    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=ENV, start_new_session=True)
+    return subprocess.Popen(args, stdout=open(log, "w"), stderr=subprocess.STDOUT, env={**ENV, **env},
+                            start_new_session=True)
 
 
 def _wait_for_text(path: Path, text: str, timeout: float) -> None:
@@ -44,37 +50,43 @@ def _wait_for_text(path: Path, text: str, timeout: float) -> None:
         time.sleep(0.5)
 
 
-def _cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(BIN / args[0]), *args[1:]], capture_output=True, text=True, env=ENV, timeout=300)
+def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    command = args[0] if args[0].endswith(".sh") else str(BIN / args[0])
+    return subprocess.run([command, *args[1:]], capture_output=True, text=True, env={**ENV, **env}, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("pki")
-    made = _cli("retina-server", "pki", "init", "--dir", str(folder), "--host", "localhost", "--host", "127.0.0.1")
+def _make_pki(folder: Path) -> Path:
+    made = _cli(COORDINATOR, "pki-init", "localhost", "127.0.0.1", RETINA_PKI=str(folder))
     assert made.returncode == 0, made.stderr
     return folder
 
 
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory) -> Path:
+    return _make_pki(tmp_path_factory.mktemp("pki"))
+
+
 def _superlink(pki: Path, state: Path, port: int, log: Path) -> subprocess.Popen:
-    proc = _start([str(BIN / "retina-server"), "superlink", "--state-dir", str(state), "--port", str(port),
-                   "--certs-dir", str(pki)], log)
+    proc = _start([COORDINATOR, "superlink"], log, RETINA_PKI=str(pki), RETINA_STATE=str(state),
+                  RETINA_HOST="127.0.0.1", RETINA_PORT=str(port))
     _wait_for_text(log, "Uvicorn running on", timeout=60)
     return proc
 
 
 def _add_site(pki: Path, name: str, superlink: str | None) -> Path:
-    made = _cli("retina-server", "pki", "add-site", name, "--dir", str(pki),
-                *(["--superlink", superlink] if superlink else []))
+    """The site's bundle (``site.key``, ``ca.crt``), registered with the SuperLink when one is given."""
+    if superlink:
+        made = _cli(COORDINATOR, "add-site", name, RETINA_PKI=str(pki), RETINA_SUPERLINK=superlink)
+    else:
+        made = _cli("retina-server", "pki", "add-site", name, "--dir", str(pki))
     assert made.returncode == 0, made.stderr + made.stdout
-    return pki / "sites" / name / "site.key"
+    return pki / "sites" / name
 
 
-def _join(phantom: Path, k: int, superlink: str, name: str, key: Path, state: Path, log: Path,
-          ca: Path | None) -> subprocess.Popen:
-    return _start([str(BIN / "retina-client"), "--manifest", str(phantom / f"site_{k}" / "manifest.csv"),
-                   "--server", superlink, "--port", str(free_port()), "--name", name, "--state-dir", str(state),
-                   "--auth-key", str(key), *(["--root-certificates", str(ca)] if ca else [])], log)
+def _join(phantom: Path, k: int, superlink: str, name: str, keys: Path, state: Path, log: Path) -> subprocess.Popen:
+    return _start([SITE, "join"], log, RETINA_KEYS=str(keys), RETINA_STATE=str(state), RETINA_SITE=name,
+                  RETINA_MANIFEST=str(phantom / f"site_{k}" / "manifest.csv"), RETINA_SUPERLINK=superlink,
+                  RETINA_CLIENTAPP_PORT=str(free_port()), RETINA_DEVICE="cpu")
 
 
 def _online(status: str) -> int:
@@ -82,12 +94,10 @@ def _online(status: str) -> int:
     return sum("│ online" in line for line in status.splitlines())
 
 
-def _wait_for_sites(superlink: str, run_dir: Path, n: int, ca: Path, timeout: float = 120) -> str:
+def _wait_for_sites(superlink: str, run_dir: Path, n: int, pki: Path, timeout: float = 120) -> str:
     deadline = time.monotonic() + timeout
     while True:
-        status = subprocess.run([str(BIN / "retina-server"), "status", "--superlink", superlink,
-                                 "--root-certificates", str(ca), "--run-dir", str(run_dir)],
-                                capture_output=True, text=True, env=ENV, timeout=120)
+        status = _cli(COORDINATOR, "status", "--run-dir", str(run_dir), RETINA_PKI=str(pki), RETINA_SUPERLINK=superlink)
         if _online(status.stdout) >= n or time.monotonic() > deadline:
             return status.stdout
         time.sleep(2)
@@ -96,23 +106,23 @@ def _wait_for_sites(superlink: str, run_dir: Path, n: int, ca: Path, timeout: fl
 def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
     port = free_port()
     superlink = f"127.0.0.1:{port}"
-    ca = pki / "ca.crt"
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "runs" / "run"
     processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
     try:
         for k in range(3):
-            key = _add_site(pki, f"hospital-{k}", superlink)
-            processes.append(_join(phantom, k, superlink, f"hospital-{k}", key, tmp_path / f"site{k}",
-                                   tmp_path / f"site{k}.log", ca))
-        assert _online(_wait_for_sites(superlink, run_dir, 3, ca)) == 3
+            keys = _add_site(pki, f"hospital-{k}", superlink)
+            processes.append(_join(phantom, k, superlink, f"hospital-{k}", keys, tmp_path / f"site{k}",
+                                   tmp_path / f"site{k}.log"))
+        assert _online(_wait_for_sites(superlink, run_dir, 3, pki)) == 3
         coordinator = subprocess.Popen(
-            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--root-certificates", str(ca),
-             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
+            [COORDINATOR, "run", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "federation.min_sites=2",
              "federation.min_available=2", "federation.round_timeout=150", "train.steps=2", "train.batch_size=8",
              "train.warmup_steps=1", "data.num_workers=0", "strategy.fraction_evaluate=0",
              "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env={**ENV, "RETINA_PKI": str(pki), "RETINA_SUPERLINK": superlink, "RETINA_RUNS": str(tmp_path / "runs"),
+                 "RETINA_RUN_NAME": "run", "RETINA_CONFIG_DIR": str(DEPLOY / "config" / "coordinator")})
         _wait_for_text(tmp_path / "site2.log", "Receiving: train message", timeout=300)
         os.killpg(processes[3].pid, signal.SIGKILL)  # hospital-2 dies in the middle of round 1
         output, _ = coordinator.communicate(timeout=900)
@@ -124,9 +134,14 @@ def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
         assert (run_dir / "checkpoints" / "round_0002" / "model.safetensors").is_file()
         # The site's data path stays at the site: it is in no file the coordinator wrote.
         for path in run_dir.rglob("*"):
-            if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".toml", ".log"):
+            if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".toml", ".log", ".html", ".md"):
                 assert str(phantom / "site_0") not in path.read_text(errors="replace"), path
-        status = _wait_for_sites(superlink, run_dir, 2, ca)
+        report = (run_dir / "report.html").read_text()
+        assert 'id="aca-over-rounds"' in report and 'id="bytes-per-round"' in report and "hospital-1" in report
+        exported = _cli(COORDINATOR, "export", str(run_dir), "--out", str(tmp_path / "model"))
+        assert exported.returncode == 0, exported.stderr
+        assert "federated, 2 rounds of fedavg" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+        status = _wait_for_sites(superlink, run_dir, 2, pki)
         assert "finished:completed" in status and "round 2 complete" in status
         assert (tmp_path / "site0" / "trainer" / "round_0002" / "trainer_state.pt").is_file()
         privacy = (run_dir / "privacy.md").read_text()
@@ -165,23 +180,26 @@ def test_site_identity_registered_key_joins_others_are_refused(phantom, pki, tmp
         assert (pki / name).stat().st_mode & 0o777 == 0o600
     port = free_port()
     superlink = f"127.0.0.1:{port}"
-    ca = pki / "ca.crt"
     processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
     try:
         valid = _add_site(pki, "registered", superlink)
         stranger = _add_site(pki, "stranger", None)  # keys made, never registered
-        no_ca = _add_site(pki, "no-ca", superlink)
-        assert valid.stat().st_mode & 0o777 == 0o600
-        processes.append(_join(phantom, 0, superlink, "registered", valid, tmp_path / "a", tmp_path / "a.log", ca))
-        assert _online(_wait_for_sites(superlink, tmp_path / "run", 1, ca)) == 1
-        processes.append(_join(phantom, 1, superlink, "stranger", stranger, tmp_path / "b", tmp_path / "b.log", ca))
-        processes.append(_join(phantom, 2, superlink, "no-ca", no_ca, tmp_path / "c", tmp_path / "c.log", None))
+        wrong_ca = _add_site(pki, "wrong-ca", superlink)
+        # This site was handed another federation's CA: it cannot trust our SuperLink.
+        other = _make_pki(tmp_path / "other-pki")
+        (wrong_ca / "ca.crt").write_bytes((other / "ca.crt").read_bytes())
+        assert (valid / "site.key").stat().st_mode & 0o777 == 0o600
+        assert (valid / "ca.crt").read_bytes() == (pki / "ca.crt").read_bytes()
+        processes.append(_join(phantom, 0, superlink, "registered", valid, tmp_path / "a", tmp_path / "a.log"))
+        assert _online(_wait_for_sites(superlink, tmp_path / "run", 1, pki)) == 1
+        processes.append(_join(phantom, 1, superlink, "stranger", stranger, tmp_path / "b", tmp_path / "b.log"))
+        processes.append(_join(phantom, 2, superlink, "wrong-ca", wrong_ca, tmp_path / "c", tmp_path / "c.log"))
         assert _exit_code(processes[2], 90) not in (None, 0)
         assert "Failed to activate SuperNode" in (tmp_path / "b.log").read_text()
         assert _exit_code(processes[3], 90) not in (None, 0)
         assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "c.log").read_text()
         assert processes[1].poll() is None  # the registered site is still connected
-        listed = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", str(ca))
+        listed = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", str(pki / "ca.crt"))
         assert _online(listed.stdout) == 1
         for log in tmp_path.glob("*.log"):  # no private key material in any log
             assert "PRIVATE KEY" not in log.read_text(errors="replace")

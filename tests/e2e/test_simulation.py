@@ -42,6 +42,8 @@ def test_three_sites_two_rounds(tmp_path):
         assert 0 <= record["server_eval"]["heldout/CFP"]["aca"] <= 1
         assert record["bytes_sent"] > 0 and record["bytes_received"] > 0
     assert "federated rounds" in result.stdout and "heldout/CFP" in result.stdout
+    report = (run / "report.html").read_text()
+    assert all(f'id="{plot}"' in report for plot in ("loss-per-site", "aca-over-rounds", "bytes-per-round"))
 
     final = load_file(str(run / "checkpoints" / "round_0002" / "model.safetensors"))
     seed_everything(0)

@@ -45,6 +45,7 @@ def test_a_few_steps_lower_the_loss_and_the_run_resumes(trained, small_phantom):
     losses = [json.loads(line)["loss"] for line in (Path(app.run_dir) / "metrics.jsonl").read_text().splitlines()]
     assert len(losses) == 40 and sum(losses[-8:]) / 8 < 0.8 * sum(losses[:8]) / 8
     assert summary["step"] == 40 and summary["privacy"] == {"mode": "none"}
+    assert 'id="loss-per-step"' in (Path(app.run_dir) / "report.html").read_text()
     more = train_generator(replace(app, resume=True, train=replace(app.train, steps=42)), progress=False)
     assert more["step"] == 42 and more["steps_this_run"] == 2
 
@@ -121,6 +122,20 @@ def test_dp_generator_reports_epsilon(small_phantom, tmp_path):
     assert meta["extra"]["privacy"]["unit"] == "patient"
 
 
+def test_sampling_into_the_run_folder_adds_the_samples_to_both_reports(trained, tmp_path):
+    from synthetic.cli import main
+
+    app, _ = trained
+    run_dir = Path(tmp_path / "gen")
+    shutil.copytree(app.run_dir, run_dir)
+    with pytest.raises(SystemExit) as done:
+        main(["sample", "--generator", str(run_dir), "--out", str(run_dir / "corpus"), "--n", "2", "--steps", "2"])
+    assert done.value.code == 0
+    assert 'id="samples-corpus"' in (run_dir / "report.html").read_text()
+    corpus_page = (run_dir / "corpus" / "report.html").read_text()
+    assert "Synthetic samples: this corpus" in corpus_page and "Not audited yet" in corpus_page
+
+
 def test_federated_generator_rounds_write_a_sampleable_generator(small_phantom, tmp_path):
     from server.federation import run_federation
     from server.round_checkpoint import latest_round
@@ -136,6 +151,7 @@ def test_federated_generator_rounds_write_a_sampleable_generator(small_phantom, 
     state = run_federation(grid, cfg)
     assert [sorted(r["sites"]) for r in state.history] == [["site_0", "site_1"]] * 2
     assert all(r["sites"]["site_0"]["loss.diffusion"] > 0 for r in state.history)
+    assert 'id="loss-per-site"' in (tmp_path / "fed" / "report.html").read_text()
     folder, _ = latest_round(tmp_path / "fed")
     model, meta = load_generator(folder)
     assert meta["extra"]["round"] == 2 and len(model.conditioning.categories) > 70  # the shared dictionary vocabulary

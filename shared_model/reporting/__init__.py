@@ -1,0 +1,1 @@
+"""Run outputs beyond checkpoints: ``metrics.jsonl`` (+ optional TensorBoard) and ``report.html``."""
