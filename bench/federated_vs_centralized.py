@@ -22,19 +22,10 @@ from pathlib import Path
 
 import torch
 
-from shared_model.conf import CONFIG_MODULE, register_configs
+from shared_model.conf import compose_app
 
 SITES = 4
 TASK = "heldout/CFP"
-
-
-def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    register_configs()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return OmegaConf.to_object(hydra_compose(name, overrides=overrides))
 
 
 def run_seed(args: argparse.Namespace, seed: int) -> dict:
@@ -56,13 +47,13 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
 
     def central(name: str, manifests: str, steps: int) -> None:
         start = time.perf_counter()
-        cfg = compose("train", [*common, f"train.steps={steps}", f"run_dir={out / name}", f"data.manifests=[{manifests}]"])
+        cfg = compose_app("train", [*common, f"train.steps={steps}", f"run_dir={out / name}", f"data.manifests=[{manifests}]"])
         results[name] = run_training(cfg, progress=False)["zero_shot"][TASK]
         timings[name] = time.perf_counter() - start
 
     central("centralized", f"{phantom}/site_*/manifest.csv", SITES * args.site_steps)
     start = time.perf_counter()
-    fed_cfg = compose("federation", [*common, f"train.steps={local_steps}", f"federation.rounds={args.rounds}",
+    fed_cfg = compose_app("federation", [*common, f"train.steps={local_steps}", f"federation.rounds={args.rounds}",
                                      f"federation.min_sites={SITES}", f"federation.min_available={SITES}",
                                      f"run_dir={out / 'fedavg'}", "strategy.fraction_evaluate=0",
                                      f"federation.evaluate_every={args.rounds}"])

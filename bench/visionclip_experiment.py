@@ -20,18 +20,9 @@ import platform
 from dataclasses import replace
 from pathlib import Path
 
-from shared_model.conf import CONFIG_MODULE, register_configs
+from shared_model.conf import compose_app
 
 TASKS = ("heldout/CFP", "heldout/OCT")
-
-
-def compose(name: str, overrides: list[str]):
-    from hydra import compose as hydra_compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    register_configs()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return OmegaConf.to_object(hydra_compose(name, overrides=overrides))
 
 
 def main() -> None:
@@ -51,12 +42,12 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/visionclip"))
     parser.add_argument("--doc", type=Path, default=Path("docs/visionclip_experiment.md"))
     args = parser.parse_args()
-    phantom_cfg = compose("train", []).phantom
+    phantom_cfg = compose_app("train", []).phantom
     ensure_phantom(phantom_cfg)
     real = str(Path(phantom_cfg.root).resolve() / args.site / "manifest.csv")
 
     gen_dir = args.out / "generator"
-    app = compose("synth", [f"data.manifests=[{real}]", f"run_dir={gen_dir.resolve()}", f"train.seed={args.seed}",
+    app = compose_app("synth", [f"data.manifests=[{real}]", f"run_dir={gen_dir.resolve()}", f"train.seed={args.seed}",
                             f"train.steps={args.generator_steps}", "train.batch_size=16", "train.num_workers=1",
                             f"train.checkpoint_every={args.generator_steps}", "resume=true"])
     if not (gen_dir / "train_summary.json").is_file() or json.loads((gen_dir / "train_summary.json").read_text())["step"] < args.generator_steps:
@@ -75,7 +66,7 @@ def main() -> None:
     for name, manifests in arms.items():
         cached = args.out / name.replace(" ", "_").replace("+", "plus") / "results.json"
         if not cached.is_file():
-            cfg = compose("train", ["+experiment=demo", "train.max_seconds=null", f"train.steps={args.clip_steps}",
+            cfg = compose_app("train", ["+experiment=demo", "train.max_seconds=null", f"train.steps={args.clip_steps}",
                                     f"train.seed={args.seed}", f"data.manifests=[{','.join(manifests)}]",
                                     f"run_dir={cached.parent.resolve()}", "eval.linear_probe=false", "eval.kshot=[]",
                                     "eval.retrieval=false"])

@@ -1,4 +1,5 @@
-"""Flower's message-API strategies by config name, and the server-optimizer state that must be
+"""Flower's message-API strategies by config name (FedAvg and FedProx aggregating with
+``server.aggregation``'s streaming mean), and the server-optimizer state that must be
 checkpointed with a round (FedAdam / FedYogi moments) so a resumed run continues exactly.
 
 The config names a registry entry, never an import path: whoever submits a run cannot make the
@@ -8,8 +9,9 @@ coordinator import arbitrary code.
 from __future__ import annotations
 
 import numpy as np
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedMedian, FedProx, FedTrimmedAvg, FedYogi, Krum, Strategy
+from flwr.serverapp.strategy import FedAdam, FedMedian, FedTrimmedAvg, FedYogi, Krum, Strategy
 
+from server.aggregation import StreamingFedAvg, StreamingFedProx
 from shared_model.config import FederationConfig, StrategyConfig
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian", "krum")
@@ -26,8 +28,8 @@ def build_strategy(cfg: StrategyConfig, fed: FederationConfig, weighted_by_key: 
     server_opt = {"eta": cfg.server_lr, "eta_l": cfg.server_lr_local, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2,
                   "tau": cfg.tau}
     builders = {
-        "fedavg": lambda: FedAvg(**common),
-        "fedprox": lambda: FedProx(**common, proximal_mu=cfg.proximal_mu),
+        "fedavg": lambda: StreamingFedAvg(**common),
+        "fedprox": lambda: StreamingFedProx(**common, proximal_mu=cfg.proximal_mu),
         "fedadam": lambda: FedAdam(**common, **server_opt),
         "fedyogi": lambda: FedYogi(**common, **server_opt),
         "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=cfg.trim_fraction),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from shared_model.conf import compose_app
+
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,18 +30,6 @@ def real_dir() -> Path:
     if found is None:
         pytest.skip("shared/data/real is not beside this checkout")
     return found
-
-
-def compose_app(config_name: str, overrides: list[str]):
-    """Compose a packaged Hydra config (as the console scripts do) into its typed dataclass."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
-
-    from shared_model.conf import CONFIG_MODULE, register_configs
-
-    register_configs()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return OmegaConf.to_object(compose(config_name, overrides=overrides))
 
 
 @pytest.fixture(scope="session")

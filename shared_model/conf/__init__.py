@@ -18,3 +18,14 @@ def register_configs() -> None:
     store.store(name="eval_schema", node=EvalAppConfig)
     store.store(name="federation_schema", node=FederationAppConfig)
     store.store(name="synth_schema", node=SynthAppConfig)
+
+
+def compose_app(config_name: str, overrides: list[str]):
+    """Compose a packaged config (``train``, ``federation``, ``synth``, ``eval``) with Hydra
+    ``overrides`` into its typed dataclass, as the console scripts do (for benchmarks and tests)."""
+    from hydra import compose, initialize_config_module
+    from omegaconf import OmegaConf
+
+    register_configs()
+    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
+        return OmegaConf.to_object(compose(config_name, overrides=overrides))

@@ -36,13 +36,18 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 
 
 def make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampler: PoissonUnitSampler,
-                 noise_multiplier: float, max_grad_norm: float, device: torch.device):
-    """Opacus' per-sample gradient hooks on ``model`` and its ``DPOptimizer`` around ``optimizer``:
-    noise std σ·C on the sum, divided by the expected batch size q·N; noise from a secret generator."""
+                 noise_multiplier: float, max_grad_norm: float, device: torch.device, grad_sample_mode: str = "hooks"):
+    """Opacus' per-sample gradients on ``model`` (``hooks``: per-layer rules; ``functorch``: vmap
+    of every layer, the slower alternative ``bench/dp_overhead.py`` times) and its
+    ``DPOptimizer`` around ``optimizer``: noise std σ·C on the sum, divided by the expected batch
+    size q·N; noise from a secret generator."""
     from opacus import GradSampleModule
     from opacus.optimizers import DPOptimizer
 
-    hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean")
+    if grad_sample_mode not in ("hooks", "functorch"):
+        raise ValueError(f"grad_sample_mode must be hooks or functorch, got {grad_sample_mode!r}")
+    hooks = GradSampleModule(model, batch_first=True, loss_reduction="mean",
+                             force_functorch=grad_sample_mode == "functorch")
     dp_optimizer = DPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                expected_batch_size=sampler.sample_rate * sampler.num_units, loss_reduction="mean",
                                generator=secret_generator(device))
@@ -51,13 +56,24 @@ def make_private(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sampl
 
 def sum_per_unit(optimizer, units: torch.Tensor) -> None:
     """Replace each parameter's per-image gradients with per-unit sums (one row per distinct unit
-    of the batch), so Opacus clips per unit. ``units``: the unit of every image row."""
+    of the batch), so Opacus clips per unit. ``units``: the unit of every image row.
+
+    The rows of a unit's later images are added in place into its first image's row, and only
+    the first rows are kept: no new buffer of the per-sample size, and nothing at all to do when
+    every image is its own unit (per-image units, or a batch with one image per patient)."""
     _, slot = torch.unique(units, return_inverse=True)
     count = int(slot.max()) + 1
+    if count == len(units):
+        return
+    position = torch.arange(len(units))
+    first = torch.full((count,), len(units)).scatter_reduce_(0, slot, position, "amin")
+    later = position[position != first[slot]]
+    into = first[slot[later]]
     for p in optimizer.params:
         per_image = optimizer._get_flat_grad_sample(p)
-        summed = torch.zeros((count, *per_image.shape[1:]), device=per_image.device, dtype=per_image.dtype)
-        p.grad_sample = summed.index_add_(0, slot.to(per_image.device), per_image)
+        dev = per_image.device
+        per_image.index_add_(0, into.to(dev), per_image[later.to(dev)])
+        p.grad_sample = per_image[first.to(dev)]
 
 
 def empty_batch_grads(optimizer) -> None:
@@ -84,7 +100,8 @@ class DPSGDTrainer(LocalTrainer):
 
     def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
                  record_units: list[int], sample_rate: float, noise_multiplier: float, max_grad_norm: float,
-                 total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None):
+                 total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None,
+                 grad_sample_mode: str = "hooks"):
         if not objective.per_example_decomposable(model):
             raise PrivacyConfigError("DP-SGD needs a per-example decomposable objective: in-batch contrast couples "
                                      "examples, so clipping per example bounds nothing (set loss.image_text_variant=bank "
@@ -96,7 +113,7 @@ class DPSGDTrainer(LocalTrainer):
         self.sampler = PoissonUnitSampler(record_units, sample_rate, secret_generator())
         self.record_units = torch.tensor(record_units, dtype=torch.long)
         self.grad_module, self.optimizer = make_private(self.model, self.optimizer, self.sampler, noise_multiplier,
-                                                        max_grad_norm, self.device)
+                                                        max_grad_norm, self.device, grad_sample_mode)
 
     def accepts(self, batch: Batch) -> bool:
         """Every Poisson batch is a step, even an empty one: the accountant counts it."""

@@ -16,7 +16,7 @@ from server.flower_runtime import local_superlink_pids
 from shared_model.model import build_model
 from shared_model.model.exchange import exchanged_state_dict
 from shared_model.train.trainer import seed_everything
-from tests.conftest import compose_app
+from shared_model.conf import compose_app
 
 BIN = Path(sys.executable).parent
 SMALL = ["phantom.sites=3", "phantom.images_per_site=16", "phantom.heldout_images=22", "phantom.seed=5",

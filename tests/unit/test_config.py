@@ -7,7 +7,7 @@ from omegaconf.errors import ConfigKeyError, ValidationError
 
 from shared_model.config import EvalAppConfig, TrainAppConfig
 from shared_model.model import build_model
-from tests.conftest import compose_app
+from shared_model.conf import compose_app
 
 PRESETS = {"tiny": (64, 192), "small": (128, 384), "base": (224, 768), "resnet50": (224, None)}
 

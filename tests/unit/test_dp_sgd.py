@@ -237,3 +237,23 @@ def test_trainer_refuses_a_coupled_objective():
     model = build_model(TINY)
     with pytest.raises(PrivacyConfigError, match="per-example decomposable"):
         DPSGDTrainer(model, EyeCLIPObjective(LossConfig()), TrainConfig(), torch.device("cpu"), [0, 1], 0.5, 1.0, 1.0)
+
+
+@pytest.mark.parametrize("units", [[5, 3, 9, 1], [4, 7, 4, 4, 2, 7]], ids=["distinct", "repeated"])
+def test_sum_per_unit_equals_the_per_unit_sums(units):
+    class Params:  # the part of Opacus' DPOptimizer that sum_per_unit uses
+        params = [torch.nn.Parameter(torch.zeros(3, 2)), torch.nn.Parameter(torch.zeros(5))]
+
+        @staticmethod
+        def _get_flat_grad_sample(p):
+            return p.grad_sample
+
+    per_image = [torch.randn(len(units), 3, 2), torch.randn(len(units), 5)]
+    for p, g in zip(Params.params, per_image):
+        p.grad_sample = g.clone()
+    sum_per_unit(Params, torch.tensor(units))
+    for p, g in zip(Params.params, per_image):
+        expected = {u: sum(g[i] for i, v in enumerate(units) if v == u) for u in set(units)}
+        assert len(p.grad_sample) == len(expected)
+        rows = sorted(p.grad_sample.tolist(), key=str)
+        assert torch.allclose(torch.tensor(rows), torch.tensor(sorted((t.tolist() for t in expected.values()), key=str)))

@@ -18,7 +18,7 @@ from server.round_checkpoint import STRATEGY_FILE, latest_round, verify_round
 from server.rounds import QuorumError
 from shared_model.model.checkpoint import WEIGHTS, sha256_file
 from shared_model.run_config import flatten_config
-from tests.conftest import compose_app
+from shared_model.conf import compose_app
 
 
 def federation_cfg(phantom: Path, run_dir: Path, *extra: str):

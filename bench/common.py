@@ -1,0 +1,101 @@
+"""What every benchmark shares: a result row (figure, baseline, ratio, target, verdict), timing
+that waits for the GPU and keeps the median of repeats, the device chosen automatically, and a
+description of the machine and versions for docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from shared_model.train.trainer import resolve_device
+
+
+@dataclass
+class Row:
+    """One line of the table. ``ratio`` = figure / baseline in the unit the name gives; ``target``
+    says which side passes (``<= 1.5`` or ``>= 1.6``); ``passed`` is None without a target."""
+
+    benchmark: str
+    case: str
+    figure: str
+    baseline: str
+    ratio: float
+    target: str = ""
+    passed: bool | None = None
+    note: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def check(ratio: float, target: str) -> bool | None:
+    """Whether ``ratio`` meets ``target`` (``"<= x"`` or ``">= x"``); None when there is no target."""
+    if not target:
+        return None
+    op, value = target.split()
+    return ratio <= float(value) if op == "<=" else ratio >= float(value)
+
+
+def device() -> torch.device:
+    """CUDA when present, else CPU (``RETINAFL_BENCH_DEVICE`` overrides)."""
+    return resolve_device(os.environ.get("RETINAFL_BENCH_DEVICE", "auto"))
+
+
+def synchronize(dev: torch.device) -> None:
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+
+
+def median_seconds(fn: Callable[[], object], dev: torch.device, repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    synchronize(dev)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        synchronize(dev)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def interleaved_seconds(fns: dict[str, Callable[[], object]], dev: torch.device, repeats: int,
+                        warmup: int = 1) -> dict[str, float]:
+    """Median wall time of each function, calls interleaved (a, b, a, b, ...) so that a change in
+    machine load during the run hits every contender alike: what makes a ratio trustworthy."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            synchronize(dev)
+            start = time.perf_counter()
+            fn()
+            synchronize(dev)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def machine(dev: torch.device) -> dict:
+    """Machine, versions and date, as the report's header states them."""
+    import flwr
+    import opacus
+
+    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "host": platform.node(), "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
+            "torch": torch.__version__, "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",
+            "opacus": opacus.__version__, "device": str(dev)}
+    if dev.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(dev)
+        info["gpus"] = torch.cuda.device_count()
+    return info

@@ -1,0 +1,94 @@
+"""Run every benchmark on this machine (CUDA when present) and write the table:
+
+  python -m bench.run                      # all, full size: docs/benchmarks.md + runs/bench/results.json
+  python -m bench.run --only dp aggregation
+  python -m bench.run --quick              # seconds-sized versions (CI: the harness still works), runs/bench/
+
+Every row is a ratio measured in the same run against its baseline (figure, baseline, ratio,
+target, pass/fail); timings interleave contenders so machine load hits them alike."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from bench import aggregation, communication, data_pipeline, dp_overhead, simulation_overhead, synthetic_sampling
+from bench import training_step
+from bench.common import Row, device, machine
+
+BENCHMARKS = {
+    "training": (training_step, lambda dev, quick: training_step.measure(dev, quick)),
+    "dp": (dp_overhead, lambda dev, quick: dp_overhead.measure(dev, quick)),
+    "aggregation": (aggregation, lambda dev, quick: aggregation.measure(quick)),
+    "communication": (communication, lambda dev, quick: communication.measure(quick)),
+    "simulation": (simulation_overhead, lambda dev, quick: simulation_overhead.measure(quick)),
+    "data": (data_pipeline, lambda dev, quick: data_pipeline.measure(dev, quick)),
+    "sampling": (synthetic_sampling, lambda dev, quick: synthetic_sampling.measure(dev, quick)),
+}
+
+
+def _verdict(row: Row) -> str:
+    return "–" if row.passed is None else "pass" if row.passed else "FAIL"
+
+
+def _ratio(row: Row) -> str:
+    return "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}"
+
+
+def markdown(rows: list[Row], info: dict, seconds: dict[str, float], quick: bool) -> str:
+    """docs/benchmarks.md: machine and versions, the table, what each benchmark measures."""
+    lines = ["# Benchmarks", "",
+             "Written by `python -m bench.run`" + (" --quick (reduced sizes: not figures to quote)" if quick else "")
+             + ". Each ratio is measured in one run against its baseline on the same machine.", "",
+             "| machine | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
+             "| benchmark | case | figure | baseline | ratio | target | result |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {r.benchmark} | {r.case} | {r.figure} | {r.baseline}{note} | {_ratio(r)} | {r.target or '–'} | "
+                     f"{_verdict(r)} |")
+    lines += ["", "## What each row measures", ""]
+    for name, (module, _) in BENCHMARKS.items():
+        doc = " ".join(module.__doc__.split("\n\n")[0].split())
+        lines.append(f"- **{name}** (`bench/{Path(module.__file__).name}`, {seconds.get(name, 0):.0f} s): {doc}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run these benchmarks only")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness works")
+    parser.add_argument("--out", type=Path, help="markdown report (default docs/benchmarks.md; runs/bench/ with --quick)")
+    args = parser.parse_args(argv)
+    out = args.out or (Path("runs/bench/benchmarks.md") if args.quick else Path("docs/benchmarks.md"))
+    dev = device()
+    console = Console()
+    rows: list[Row] = []
+    seconds: dict[str, float] = {}
+    for name in args.only or list(BENCHMARKS):
+        console.print(f"[bold]{name}[/bold] …")
+        start = time.perf_counter()
+        measured = BENCHMARKS[name][1](dev, args.quick)
+        seconds[name] = time.perf_counter() - start
+        for row in measured:
+            console.print(f"  {row.case}: {row.figure} vs {row.baseline} -> {_ratio(row)} {row.target} {_verdict(row)}",
+                          highlight=False)
+        rows += measured
+    info = machine(dev)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(markdown(rows, info, seconds, args.quick))
+    out.with_name("benchmarks.json").write_text(json.dumps({"machine": info, "rows": [r.as_dict() for r in rows]},
+                                                           indent=1, allow_nan=True) + "\n")
+    table = Table("benchmark", "case", "ratio", "target", "result", title=str(out))
+    for r in rows:
+        table.add_row(r.benchmark, r.case, _ratio(r), r.target or "–", _verdict(r))
+    console.print(table)
+
+
+if __name__ == "__main__":
+    main()
