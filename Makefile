@@ -12,7 +12,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo centralized experiment test install grid lock clean
+.PHONY: demo centralized experiment bench test install grid lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ demo: $(STAMP)
 
 centralized: $(STAMP)
 	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=runs/centralized-demo
+
+# docs/benchmarks.md: every benchmark as a ratio against its baseline, on this machine (CUDA when present).
+bench: $(STAMP)
+	$(BIN)/python -m bench.run
 
 experiment: $(STAMP)
 	$(BIN)/python bench/federated_vs_centralized.py --site-steps 300 --rounds 5 --seeds 0 1

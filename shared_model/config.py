@@ -185,6 +185,8 @@ class PrivacyConfig:
     # Poisson sampling of units with this rate; None: train.batch_size / N (expected batch size).
     sample_rate: Optional[float] = None
     sampling: str = "poisson"  # the accountant models Poisson subsampling: nothing else is accepted
+    # ghost: unit norms from ghost norms, no per-image gradients (faster); hooks: Opacus' per-image gradients
+    clipping: str = "ghost"
     central: str = "none"  # none | fixed | adaptive: client-level DP at the coordinator
     central_noise_multiplier: float = 1.0  # noise std / clipping norm of the summed site updates
     central_clip: float = 1.0  # clipping norm of one site's update (adaptive: its starting value)

@@ -2,15 +2,19 @@
 Poisson-sampled privacy units, per-unit gradient clipping to C, Gaussian noise of std σ·C on
 the sum, divided by the expected batch size.
 
-Opacus' ``GradSampleModule`` (hooks) computes one gradient per image; the images of one unit
-(a patient, or the image itself) are summed into that unit's gradient before Opacus'
-``DPOptimizer`` clips and noises, so clipping — and ε — is per unit. The objective must be
+Clipping is per unit (a patient, or the image itself), and so is ε. By default
+(``privacy.clipping=ghost``) the unit norms come from ghost norms and the clipped sum from one
+book-keeping product per layer, with no per-image gradient ever formed
+(``shared_model/privacy/ghost_clipping.py``); with ``hooks``, Opacus' ``GradSampleModule``
+computes one gradient per image and the images of a unit are summed before Opacus clips. Either
+way Opacus' ``DPOptimizer`` adds the noise. The objective must be
 per-example decomposable, the CLIP temperature is frozen (one scalar shared by the batch has no
 per-example gradient), and FedProx's data-independent pull is added after the noise.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from collections.abc import Iterator
@@ -24,6 +28,7 @@ from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
 from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
 from shared_model.privacy.errors import PrivacyConfigError
+from shared_model.privacy.ghost_clipping import GhostClipper
 from shared_model.privacy.units import PoissonUnitSampler, secret_generator
 from shared_model.train.proximal import ProximalTerm
 from shared_model.train.trainer import LocalTrainer
@@ -58,9 +63,10 @@ def sum_per_unit(optimizer, units: torch.Tensor) -> None:
     """Replace each parameter's per-image gradients with per-unit sums (one row per distinct unit
     of the batch), so Opacus clips per unit. ``units``: the unit of every image row.
 
-    The rows of a unit's later images are added in place into its first image's row, and only
-    the first rows are kept: no new buffer of the per-sample size, and nothing at all to do when
-    every image is its own unit (per-image units, or a batch with one image per patient)."""
+    The rows of a unit's later images are added in place into its first image's row and then
+    zeroed: a zero row has norm 0, so it adds nothing after clipping, and the noise depends on
+    the expected batch size only. No buffer of the per-sample size is allocated, and there is
+    nothing to do when every image is its own unit (per-image units, one image per patient)."""
     _, slot = torch.unique(units, return_inverse=True)
     count = int(slot.max()) + 1
     if count == len(units):
@@ -73,7 +79,8 @@ def sum_per_unit(optimizer, units: torch.Tensor) -> None:
         per_image = optimizer._get_flat_grad_sample(p)
         dev = per_image.device
         per_image.index_add_(0, into.to(dev), per_image[later.to(dev)])
-        p.grad_sample = per_image[first.to(dev)]
+        per_image.index_fill_(0, later.to(dev), 0.0)
+        p.grad_sample = per_image
 
 
 def empty_batch_grads(optimizer) -> None:
@@ -101,7 +108,7 @@ class DPSGDTrainer(LocalTrainer):
     def __init__(self, model: RetinaCLIP, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
                  record_units: list[int], sample_rate: float, noise_multiplier: float, max_grad_norm: float,
                  total_steps: int | None = None, num_workers: int = 0, proximal: ProximalTerm | None = None,
-                 grad_sample_mode: str = "hooks"):
+                 clipping: str = "ghost"):
         if not objective.per_example_decomposable(model):
             raise PrivacyConfigError("DP-SGD needs a per-example decomposable objective: in-batch contrast couples "
                                      "examples, so clipping per example bounds nothing (set loss.image_text_variant=bank "
@@ -112,8 +119,26 @@ class DPSGDTrainer(LocalTrainer):
         super().__init__(model, objective, cfg, device, total_steps, num_workers, proximal)
         self.sampler = PoissonUnitSampler(record_units, sample_rate, secret_generator())
         self.record_units = torch.tensor(record_units, dtype=torch.long)
-        self.grad_module, self.optimizer = make_private(self.model, self.optimizer, self.sampler, noise_multiplier,
-                                                        max_grad_norm, self.device, grad_sample_mode)
+        self.clipper = None
+        if clipping == "ghost":
+            from opacus.optimizers import DPOptimizer
+
+            self.clipper = GhostClipper(self.model, max_grad_norm)
+            self.optimizer = DPOptimizer(self.optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                         expected_batch_size=self.sampler.sample_rate * self.sampler.num_units,
+                                         loss_reduction="mean", generator=secret_generator(self.device))
+        else:
+            self.grad_module, self.optimizer = make_private(self.model, self.optimizer, self.sampler, noise_multiplier,
+                                                            max_grad_norm, self.device, clipping)
+
+    def _noised(self) -> bool:
+        """Noise (and scale) the clipped sum into ``p.grad``; False when Opacus skips the step."""
+        if self.clipper is None:
+            return self.optimizer.pre_step()
+        self.optimizer.add_noise()
+        for p in self.optimizer.params:
+            p.grad /= self.optimizer.expected_batch_size
+        return True
 
     def accepts(self, batch: Batch) -> bool:
         """Every Poisson batch is a step, even an empty one: the accountant counts it."""
@@ -129,18 +154,29 @@ class DPSGDTrainer(LocalTrainer):
             raise PrivacyConfigError("modality partners in a DP-SGD batch: pairing must be off under DP-SGD")
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if self.clipper is not None:
+            self.clipper.reset()
         if batch.indices:
             imgs = batch.model_input(self.device, self.model.input_norm)
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
+            graph = self.clipper.weightless() if self.clipper is not None else contextlib.nullcontext()
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast), graph:
                 out = self.model(imgs, batch.texts)
                 loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
                                       batch.pair_index.to(self.device), batch.labels)
             loss.total.backward()
-            sum_per_unit(self.optimizer, self.record_units[batch.indices])
+            units = self.record_units[batch.indices]
+            if self.clipper is not None:
+                self.clipper.clip_and_sum(units, len(batch.indices))
+            else:
+                sum_per_unit(self.optimizer, units)
         else:
             loss = ObjectiveOutput(torch.zeros(()), {})
-            empty_batch_grads(self.optimizer)
-        if self.optimizer.pre_step():
+            if self.clipper is not None:
+                for p in self.optimizer.params:
+                    p.summed_grad = torch.zeros_like(p)
+            else:
+                empty_batch_grads(self.optimizer)
+        if self._noised():
             if self.proximal is not None:
                 self.proximal.add_gradient(self.model)
             self.optimizer.original_optimizer.step()

@@ -14,6 +14,7 @@ from shared_model.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from shared_model.privacy.units import RNG_DESCRIPTION, UNITS
 
 MODES = ("none", "dp-sgd")
+CLIPPING = ("ghost", "hooks")
 CENTRAL_MODES = ("none", "fixed", "adaptive")
 ROBUST_STRATEGIES = ("fedtrimmedavg", "fedmedian", "krum")
 SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the securely summed mean delta is their aggregate
@@ -35,6 +36,8 @@ def privacy_problems(p: PrivacyConfig) -> list[str]:
         if p.sampling != "poisson":
             problems.append(f"privacy.sampling={p.sampling!r}: DP-SGD's accountant models Poisson sampling of units; "
                             "fixed-size or shuffled batches are not covered by the reported ε")
+        if p.clipping not in CLIPPING:
+            problems.append(f"privacy.clipping must be one of {CLIPPING}, got {p.clipping!r}")
         if p.max_grad_norm <= 0:
             problems.append(f"privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
         if p.noise_multiplier is not None and p.noise_multiplier <= 0:

@@ -31,6 +31,7 @@ class DPSession:
     ledger: PrivacyLedger
     path: Path
     record_units: list[int]
+    clipping: str = "ghost"
 
     @classmethod
     def open(cls, state_dir: Path, p: PrivacyConfig, records: list[Record], batch_size: int, planned_steps: int,
@@ -41,7 +42,7 @@ class DPSession:
         units = unit_ids(records, p.unit)
         plan = plan_dp(p, units, batch_size, planned_steps, ledger)
         ledger = ledger or PrivacyLedger(plan.accountant, plan.delta, plan.unit, plan.units)
-        return cls(plan, ledger, state_dir / LEDGER_FILE, units)
+        return cls(plan, ledger, state_dir / LEDGER_FILE, units, p.clipping)
 
     def allows(self, steps: int) -> bool:
         """Whether ``steps`` more steps stay within the ε budget."""
@@ -56,7 +57,8 @@ class DPSession:
                 total_steps: int, num_workers: int, proximal: ProximalTerm | None = None) -> DPSGDTrainer:
         """The DP-SGD trainer for this plan."""
         return DPSGDTrainer(model, objective, cfg, device, self.record_units, self.plan.sample_rate,
-                            self.plan.noise_multiplier, self.plan.max_grad_norm, total_steps, num_workers, proximal)
+                            self.plan.noise_multiplier, self.plan.max_grad_norm, total_steps, num_workers, proximal,
+                            self.clipping)
 
     def record(self, steps: int, label: dict) -> float:
         """Add the steps taken to the ledger and save it (before anything trained is released)."""
