@@ -9,6 +9,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricR
 from flwr.clientapp import ClientApp
 
 from shared_model.config import FederationAppConfig
+from shared_model.model.update_codec import encode_bf16_delta
 from shared_model.run_config import unflatten_config
 from client.site_config import site_from_node_config
 from client.secure_aggregation import secagg_mod
@@ -37,6 +38,8 @@ def train(msg: Message, context: Context) -> Message:
         result = train_round(cfg, site, global_state, int(config["server-round"]),
                              float(config.get("proximal-mu", 0.0)), expected=expected)
     arrays = ArrayRecord(result.state)
+    if cfg.federation.update_encoding == "bf16-delta":
+        arrays = ArrayRecord({k: Array(v) for k, v in encode_bf16_delta(result.state, global_state).items()})
     if cfg.secagg.enabled:
         arrays, clipped = secagg_delta(arrays, msg.content["arrays"], cfg.secagg.clipping_range)
         # Weight 1 per site (0 if it did not train): example counts stay hidden too.

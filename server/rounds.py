@@ -29,6 +29,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from shared_model.config import FederationConfig, SecAggConfig
+from shared_model.model.update_codec import decode_bf16_delta
 from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
 
 log = logging.getLogger(__name__)
@@ -137,6 +138,28 @@ def screen_replies(replies: list[Message], server_round: int, expected_keys: set
     return accepted, rejected
 
 
+def decode_updates(replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], list[str]]:
+    """Turn bf16-delta updates back into weights over ``global_arrays`` (in place); returns the
+    replies to screen and the reasons for those whose update does not decode."""
+    kept, reasons = [], []
+    reference = {key: array.numpy() for key, array in global_arrays.items()}
+    for msg in replies:
+        if msg.has_error() or "arrays" not in msg.content.array_records:
+            kept.append(msg)
+            continue
+        arrays = msg.content["arrays"]
+        try:
+            if set(arrays.keys()) != set(reference):
+                raise ValueError("weight names differ from the global model")
+            decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
+        except (ValueError, TypeError) as exc:
+            reasons.append(f"{site_name(msg)}: update is not a bf16 delta of the global model ({exc}); rejected")
+            continue
+        msg.content["arrays"] = ArrayRecord({key: Array(value) for key, value in decoded.items()})
+        kept.append(msg)
+    return kept, reasons
+
+
 def _seed_sampling(seed: int, server_round: int, attempt: int) -> None:
     # Flower's node sampling draws from the global `random`; seeding it per round makes the
     # choice of sites the same in a resumed run.
@@ -181,9 +204,14 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
             replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
         report.site_privacy.update({site_name(m): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
                                     if m.has_content() and PRIVACY_KEY in m.content.config_records})
-        accepted, rejected = screen_replies(replies, server_round, expected)
+        wire = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
+        screened = replies
+        if fed.update_encoding == "bf16-delta" and not secure:
+            screened, undecodable = decode_updates(replies, arrays)
+            report.rejected.extend(undecodable)
+        accepted, rejected = screen_replies(screened, server_round, expected)
         report.rejected.extend(rejected)
-        report.bytes_received += sum(_reply_nbytes(m) for m in accepted)
+        report.bytes_received += sum(wire[id(m)] for m in accepted)
         missing = len(messages) - len(replies)
         if secure and mean_delta is None:
             accepted = []

@@ -246,6 +246,8 @@ class FederationConfig:
     connect_timeout: float = 300.0  # seconds to wait for min_available sites, then stop with a message
     round_timeout: float = 600.0  # round deadline: replies later than this are not waited for
     round_retries: int = 1  # a round without quorum is retried this often, then the run stops
+    # Site -> coordinator: fp32 (the new weights) | bf16-delta (the change, in bfloat16: half the bytes)
+    update_encoding: str = "fp32"
     evaluate_every: int = 1  # server-side evaluation of the aggregate every k rounds (0: only the last)
     # Simulation (retina-sim): one virtual site per manifest (globs allowed); empty = the phantom sites.
     sites: int = 3

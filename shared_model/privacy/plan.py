@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from shared_model.config import FederationAppConfig, PrivacyConfig, TrainAppConfig
+from shared_model.model.update_codec import ENCODINGS
 from shared_model.privacy.accounting import ACCOUNTANTS, calibrate_noise
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
@@ -78,6 +79,12 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
         elif app.secagg.enabled and app.strategy.name not in SECAGG_STRATEGIES:
             problems.append(f"secagg=on with strategy={app.strategy.name}: Flower's implementation aggregates the "
                             f"individual replies, which secure aggregation hides; use one of {SECAGG_STRATEGIES}")
+        if app.federation.update_encoding not in ENCODINGS:
+            problems.append(f"federation.update_encoding must be one of {ENCODINGS}, got "
+                            f"{app.federation.update_encoding!r}")
+        elif app.secagg.enabled and app.federation.update_encoding != "fp32":
+            problems.append("secagg=on with federation.update_encoding=bf16-delta: SecAgg+ quantises float64 "
+                            "deltas itself; use update_encoding=fp32")
         if p.central != "none" and app.strategy.name in ROBUST_STRATEGIES:
             problems.append(f"privacy.central with strategy={app.strategy.name}: client-level DP is accounted for "
                             "a clipped sum (FedAvg-type strategies only)")
