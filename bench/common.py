@@ -30,6 +30,7 @@ class Row:
     target: str = ""
     passed: bool | None = None
     note: str = ""
+    key: str = ""  # the bench.run name of the benchmark that measured it
 
     def as_dict(self) -> dict:
         return asdict(self)

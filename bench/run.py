@@ -1,7 +1,7 @@
 """Run every benchmark on this machine (CUDA when present) and write the table:
 
   python -m bench.run                      # all, full size: docs/benchmarks.md + runs/bench/results.json
-  python -m bench.run --only dp aggregation
+  python -m bench.run --only dp aggregation   # re-measure these; the other rows of the report stay
   python -m bench.run --quick              # seconds-sized versions (CI: the harness still works), runs/bench/
 
 Every row is a ratio measured in the same run against its baseline (figure, baseline, ratio,
@@ -10,6 +10,7 @@ target, pass/fail); timings interleave contenders so machine load hits them alik
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import math
 import time
@@ -41,7 +42,7 @@ def _ratio(row: Row) -> str:
     return "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}"
 
 
-def markdown(rows: list[Row], info: dict, seconds: dict[str, float], quick: bool) -> str:
+def markdown(rows: list[Row], info: dict, runs: dict[str, dict], quick: bool) -> str:
     """docs/benchmarks.md: machine and versions, the table, what each benchmark measures."""
     lines = ["# Benchmarks", "",
              "Written by `python -m bench.run`" + (" --quick (reduced sizes: not figures to quote)" if quick else "")
@@ -55,8 +56,22 @@ def markdown(rows: list[Row], info: dict, seconds: dict[str, float], quick: bool
     lines += ["", "## What each row measures", ""]
     for name, (module, _) in BENCHMARKS.items():
         doc = " ".join(module.__doc__.split("\n\n")[0].split())
-        lines.append(f"- **{name}** (`bench/{Path(module.__file__).name}`, {seconds.get(name, 0):.0f} s): {doc}")
+        took = runs.get(name, {}).get("seconds")
+        when = (f", measured {runs[name]['date']}" + (f" in {took:.0f} s" if took is not None else "")
+                if name in runs else ", not run")
+        lines.append(f"- **{name}** (`bench/{Path(module.__file__).name}`{when}): {doc}")
     return "\n".join(lines) + "\n"
+
+
+def _kept(out: Path, rerun: list[str]) -> tuple[list[Row], dict[str, dict]]:
+    """Rows and run dates of the benchmarks an earlier report holds and this run does not redo."""
+    path = out.with_name("benchmarks.json")
+    if not path.is_file():
+        return [], {}
+    earlier = json.loads(path.read_text())
+    runs = {k: v for k, v in earlier.get("runs", {}).items() if k in BENCHMARKS and k not in rerun}
+    rows = [Row(**r) for r in earlier["rows"] if r.get("key") in runs]
+    return rows, runs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -68,21 +83,26 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or (Path("runs/bench/benchmarks.md") if args.quick else Path("docs/benchmarks.md"))
     dev = device()
     console = Console()
-    rows: list[Row] = []
-    seconds: dict[str, float] = {}
-    for name in args.only or list(BENCHMARKS):
+    chosen = args.only or list(BENCHMARKS)
+    rows, runs = _kept(out, chosen) if args.only else ([], {})
+    for name in chosen:
         console.print(f"[bold]{name}[/bold] …")
         start = time.perf_counter()
         measured = BENCHMARKS[name][1](dev, args.quick)
-        seconds[name] = time.perf_counter() - start
+        runs[name] = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                      "seconds": time.perf_counter() - start}
         for row in measured:
+            row.key = name
             console.print(f"  {row.case}: {row.figure} vs {row.baseline} -> {_ratio(row)} {row.target} {_verdict(row)}",
                           highlight=False)
         rows += measured
     info = machine(dev)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(markdown(rows, info, seconds, args.quick))
-    out.with_name("benchmarks.json").write_text(json.dumps({"machine": info, "rows": [r.as_dict() for r in rows]},
+    order = list(BENCHMARKS)
+    rows.sort(key=lambda r: order.index(r.key))
+    out.write_text(markdown(rows, info, runs, args.quick))
+    out.with_name("benchmarks.json").write_text(json.dumps({"machine": info, "runs": runs,
+                                                            "rows": [r.as_dict() for r in rows]},
                                                            indent=1, allow_nan=True) + "\n")
     table = Table("benchmark", "case", "ratio", "target", "result", title=str(out))
     for r in rows:

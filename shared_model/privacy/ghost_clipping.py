@@ -109,7 +109,6 @@ class GhostClipper:
         for module in self.modules:
             self.handles.append(module.register_forward_pre_hook(self._graph_through))
             self.handles.append(module.register_forward_hook(self._keep_input))
-            self.handles.append(module.register_full_backward_hook(self._keep_grad))
 
     @contextmanager
     def weightless(self) -> Iterator[None]:
@@ -133,11 +132,12 @@ class GhostClipper:
         return None
 
     def _keep_input(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-        if torch.is_grad_enabled():
+        # The output's gradient is caught by a tensor hook: lighter than a module backward hook,
+        # which wraps every input and output in an extra autograd node.
+        if torch.is_grad_enabled() and output.requires_grad:
             self.inputs[module].append(None if isinstance(module, LearnedToken) else args[0].detach())
-
-    def _keep_grad(self, module: nn.Module, grad_input: tuple, grad_output: tuple) -> None:
-        self.grads[module].insert(0, grad_output[0].detach())  # backward visits the calls in reverse
+            grads = self.grads[module]
+            output.register_hook(lambda grad: grads.insert(0, grad.detach()))  # backward visits calls in reverse
 
     def reset(self) -> None:
         """Forget what the hooks kept (before a new forward pass)."""

@@ -34,6 +34,18 @@ def test_weighted_mean_matches_flower():
         assert np.allclose(a, b, rtol=1e-3 if a.dtype == np.float16 else 1e-6), key
 
 
+def test_running_sums_kept_across_rounds_do_not_leak_into_earlier_aggregates():
+    rng = np.random.default_rng(1)
+    sums: dict = {}
+    first_replies = [_reply(rng, 4), _reply(rng, 9)]
+    first = weighted_mean(first_replies, "num-examples", sums)
+    kept = {k: first[k].numpy().copy() for k in first}
+    second = weighted_mean([_reply(rng, 2), _reply(rng, 5)], "num-examples", sums)
+    assert all(np.array_equal(first[k].numpy(), kept[k]) for k in first)
+    assert not np.allclose(second["w"].numpy(), kept["w"])
+    assert np.allclose(kept["w"], aggregate_arrayrecords(first_replies, "num-examples")["w"].numpy(), rtol=1e-6)
+
+
 def test_array_view_reads_in_place():
     array = Array(np.arange(12, dtype=np.float32).reshape(3, 4))
     view = array_view(array)
