@@ -5,6 +5,7 @@ machine's free memory is reported as not measured."""
 
 from __future__ import annotations
 
+import functools
 import os
 
 import numpy as np
@@ -63,8 +64,8 @@ def measure(quick: bool) -> list[Row]:
                    for _ in range(k)]
         repeats = 2 if quick else 3
         floor = median_seconds(lambda: read_once(records), torch.device("cpu"), repeats)
-        sums: dict = {}  # the strategy keeps its running sums from round to round; the repeats are rounds
-        ours = lambda contents, key: weighted_mean(contents, key, sums)  # noqa: E731
+        # The strategy keeps its running sums from round to round; the repeats are rounds.
+        ours = functools.partial(weighted_mean, buffers={})
         for name, fn in (("ours (server/aggregation.py)", ours), ("Flower's aggregate_arrayrecords", aggregate_arrayrecords)):
             seconds = median_seconds(lambda: fn(records, "num-examples"), torch.device("cpu"), repeats)
             ratio = seconds / floor

@@ -136,6 +136,7 @@ class DPSGDTrainer(LocalTrainer):
         if self.clipper is None:
             return self.optimizer.pre_step()
         self.optimizer.add_noise()
+        # Opacus' scale_grad counts accumulated per-sample gradients, which ghost clipping never forms.
         for p in self.optimizer.params:
             p.grad /= self.optimizer.expected_batch_size
         return True
