@@ -3,8 +3,10 @@
 with ``flwr run`` and waiting for its final status.
 
 ``flwr run`` returns once a run is submitted and its exit code does not say whether the run
-succeeded, so :func:`wait_for_run` polls ``flwr ls --format json`` for the run's status, with a
-deadline, and raises with Flower's status details when the run failed or stopped.
+succeeded, so :func:`wait_for_run` asks the SuperLink's Control API for the run's status (the
+request ``flwr ls`` makes, from this process: a ``flwr ls`` process per poll costs about a second
+of CPU, taken from the sites' training on a small simulation machine), with a deadline, and
+raises with Flower's status details when the run failed or stopped.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import tomli_w
 
@@ -26,6 +30,7 @@ from shared_model.atomic_files import write_text_atomic
 from shared_model.offline_env import offline_env
 
 FINISHED = "finished:completed"
+LOCAL_ADDRESS = ":local:"  # Flower's magic address of the local (simulation) SuperLink
 
 
 class FlowerRunError(RuntimeError):
@@ -108,31 +113,76 @@ def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_c
     return int(reply["run-id"])
 
 
-def run_status(run_id: int, connection: str, env: dict[str, str]) -> tuple[str, str]:
+@contextmanager
+def _flwr_home(home: str) -> Iterator[None]:
+    """``FLWR_HOME`` set in this process while Flower's CLI helpers read it (credentials)."""
+    before = os.environ.get("FLWR_HOME")
+    os.environ["FLWR_HOME"] = home
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["FLWR_HOME"]
+        else:
+            os.environ["FLWR_HOME"] = before
+
+
+@contextmanager
+def control_client(connection: Connection, env: dict[str, str]) -> Iterator:
+    """Flower's Control API client for ``connection``, opened in this process as ``flwr ls``
+    opens it (runtime-version and account interceptors); the local SuperLink is reached on the
+    HTTP port ``env`` gives it."""
+    from flwr.cli.typing import SuperLinkConnection
+    from flwr.cli.utils import init_http_client_from_connection
+
+    link = SuperLinkConnection(name=connection.name, address=connection.address, insecure=connection.insecure,
+                               root_certificates=connection.root_certificates)
+    if connection.address == LOCAL_ADDRESS:
+        port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")  # Flower's default
+        link = SuperLinkConnection(name=connection.name, address=f"127.0.0.1:{port}", insecure=True)
+    with _flwr_home(env["FLWR_HOME"]):
+        client = init_http_client_from_connection(link)
+    try:
+        yield client
+    finally:
+        client.close()
+
+
+def run_status(client, run_id: int) -> tuple[str, str]:
     """(status, details) of a run, e.g. ("finished:failed", "Simulation failed with exception ...")."""
-    runs = flwr_json(["ls", connection, "--run-id", str(run_id)], env).get("runs", [])
-    if not runs:
-        raise FlowerRunError(f"run {run_id} is unknown to SuperLink {connection!r}")
-    return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))
+    import httpx
+    from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=no-name-in-module
+    from flwr.supercore.error.base import FlowerError
+
+    try:
+        reply = client.ListRuns(ListRunsRequest(run_id=run_id))
+    except (httpx.HTTPError, FlowerError, ValueError) as exc:
+        raise FlowerRunError(f"asking the SuperLink for run {run_id} failed: {exc}") from exc
+    if run_id not in reply.run_dict:
+        raise FlowerRunError(f"run {run_id} is unknown to the SuperLink")
+    status = reply.run_dict[run_id].status
+    text = f"{status.status}:{status.sub_status}" if status.sub_status else status.status
+    return text, status.details
 
 
-def wait_for_run(run_id: int, connection: str, env: dict[str, str], timeout: float, poll: float = 2.0,
+def wait_for_run(run_id: int, connection: Connection, env: dict[str, str], timeout: float, poll: float = 1.0,
                  on_poll=None) -> None:
     """Block until the run finishes; FlowerRunError unless it completed (or after ``timeout`` s).
     ``on_poll()`` runs at every poll (e.g. to print rounds as they complete)."""
     deadline = time.monotonic() + timeout
-    while True:
-        if on_poll is not None:
-            on_poll()
-        status, details = run_status(run_id, connection, env)
-        if status == FINISHED:
-            return
-        if status.startswith("finished"):
-            raise FlowerRunError(f"run {run_id} {status}: {details}")
-        if time.monotonic() > deadline:
-            _flwr(["stop", str(run_id), connection], env)
-            raise FlowerRunError(f"run {run_id} still {status} after {timeout:.0f} s; stopped")
-        time.sleep(poll)
+    with control_client(connection, env) as client:
+        while True:
+            if on_poll is not None:
+                on_poll()
+            status, details = run_status(client, run_id)
+            if status == FINISHED:
+                return
+            if status.startswith("finished"):
+                raise FlowerRunError(f"run {run_id} {status}: {details}")
+            if time.monotonic() > deadline:
+                _flwr(["stop", str(run_id), connection.name], env)
+                raise FlowerRunError(f"run {run_id} still {status} after {timeout:.0f} s; stopped")
+            time.sleep(poll)
 
 
 def run_logs(run_id: int, connection: str, env: dict[str, str]) -> str:

@@ -88,7 +88,7 @@ def launch_run(cfg: FederationAppConfig, connection: Connection, env_extra: dict
     try:
         run_id = submit_run(app_dir, connection.name, env, federation_config)
         console.print(f"run {run_id} submitted to {connection.address}; run folder {run_dir}")
-        wait_for_run(run_id, connection.name, env, _run_deadline(cfg), on_poll=show_new_rounds)
+        wait_for_run(run_id, connection, env, _run_deadline(cfg), on_poll=show_new_rounds)
     finally:
         if run_id is not None:
             (run_dir / "flower.log").write_text(run_logs(run_id, connection.name, env))
