@@ -37,8 +37,9 @@ def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tup
     return trainers, cfg.model.image.image_size
 
 
-# With trainable text layers the public prompt bank (~1,000 prompts) is re-encoded every step, in
-# the DP and the plain step alike, and dominates the small preset's step: its text tower is frozen here.
+# With trainable text layers the public prompt bank (~1,000 prompts) goes through them every step,
+# in the DP and the plain step alike (about 1.8 s of a 2.3 s small step on 2 cores): that shared cost
+# would hide the DP overhead, so the small preset's text tower is frozen here.
 CASES = {"tiny": (), "small": ("model.text.trainable_layers=0",)}
 
 

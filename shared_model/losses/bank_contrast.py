@@ -17,6 +17,7 @@ from torch import nn
 from shared_model.prompts import CATEGORIES, get_category, prompt_ensemble
 
 BANK_MODALITIES = ("CFP", "OCT")
+CHUNK = 128  # prompts encoded together, grouped by length so that little of a chunk is padding
 
 
 class PublicTextBank:
@@ -31,13 +32,16 @@ class PublicTextBank:
     def embeddings(self, model: nn.Module) -> torch.Tensor:
         """[K, D] L2-normalised class embeddings from ``model``'s current text tower (no gradient;
         the tower runs in eval mode so no batch statistic is touched)."""
+        flat = [p for prompts in self.prompts for p in prompts]
+        order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
         was_training = model.text.training
         model.text.eval()
         try:
-            flat = [p for prompts in self.prompts for p in prompts]
-            emb = model.encode_text(flat).float()
+            emb = torch.cat([model.encode_text([flat[i] for i in order[start:start + CHUNK]]).float()
+                             for start in range(0, len(order), CHUNK)])
         finally:
             model.text.train(was_training)
+        emb = emb[torch.as_tensor(order, device=emb.device).argsort()]
         sizes = [len(p) for p in self.prompts]
         means = torch.stack([chunk.mean(0) for chunk in emb.split(sizes)])
         return nn.functional.normalize(means, dim=-1)

@@ -5,6 +5,7 @@ violation by in-batch InfoNCE). Plus the refusal of coupled objectives."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -158,9 +159,9 @@ def _coupled_masking(x, mask_ratio):
     return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
 
-def _dp_trainer(clipping: str) -> DPSGDTrainer:
+def _dp_trainer(clipping: str, text_layers: int = 0) -> DPSGDTrainer:
     torch.manual_seed(0)
-    model = build_model(TINY)
+    model = build_model(dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, trainable_layers=text_layers)))
     objective = EyeCLIPObjective(LossConfig(image_text_variant="bank", image_image=0.0))
     return DPSGDTrainer(model, objective, TrainConfig(steps=1, batch_size=4, warmup_steps=0), torch.device("cpu"),
                         list(range(8)), 0.5, 0.0, 0.05, clipping=clipping)
@@ -185,6 +186,7 @@ def dp_setup(request):
 
 def _summed_clipped(trainer: DPSGDTrainer, objective: EyeCLIPObjective, items: list[dict], units: list[int]) -> torch.Tensor:
     batch = collate(items)
+    torch.manual_seed(0)  # the same dropout masks (trainable text layers) in every pass compared
     trainer.optimizer.zero_grad(set_to_none=True)
     imgs = batch.model_input(torch.device("cpu"), trainer.model.input_norm)
     if trainer.clipper is not None:
@@ -221,11 +223,13 @@ def test_dp_objective_sensitivity_is_at_most_c(dp_setup, monkeypatch, units):
 
 
 @pytest.mark.parametrize("units", [list(range(8)), [0, 0, 1, 1, 1, 2, 3, 3], [5] * 8], ids=["image", "patient", "one"])
-def test_ghost_clipping_equals_opacus_per_sample_clipping(monkeypatch, units):
-    """The clipped per-unit sum from ghost norms + book-keeping equals Opacus' hooks + per-unit sums."""
+@pytest.mark.parametrize("text_layers", [0, 1], ids=["text-frozen", "text-top-layer"])
+def test_ghost_clipping_equals_opacus_per_sample_clipping(monkeypatch, units, text_layers):
+    """The clipped per-unit sum from ghost norms + book-keeping equals Opacus' hooks + per-unit sums,
+    also through the trainable top layer of a partly frozen text tower."""
     items = _items()
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
-    ghost, hooks = _dp_trainer("ghost"), _dp_trainer("hooks")
+    ghost, hooks = _dp_trainer("ghost", text_layers), _dp_trainer("hooks", text_layers)
     hooks.optimizer.max_grad_norm = ghost.clipper.max_grad_norm = 0.02  # small enough that every unit is clipped
     expected = _summed_clipped(hooks, hooks.objective, items, units)
     assert torch.allclose(_summed_clipped(ghost, ghost.objective, items, units), expected, rtol=1e-4, atol=1e-7)

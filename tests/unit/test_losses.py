@@ -98,3 +98,19 @@ def test_decomposability_flags():
     assert not ClipInfoNCELoss.per_example_decomposable
     assert not FlairSoftTargetLoss.per_example_decomposable
     assert not ModalityContrastLoss.per_example_decomposable
+
+
+def test_public_bank_encoded_in_length_chunks_equals_one_batch(tiny_model_cfg, monkeypatch):
+    import dataclasses
+
+    from shared_model.losses import bank_contrast
+    from shared_model.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(tiny_model_cfg, text=dataclasses.replace(tiny_model_cfg.text,
+                                                                                     trainable_layers=2)))
+    bank = bank_contrast.PublicTextBank(["drusen", "normal", "glaucoma", "macular hole"])
+    chunked = bank.embeddings(model)
+    monkeypatch.setattr(bank_contrast, "CHUNK", 10 ** 6)
+    assert chunked.shape == (4, 256) and model.text.training
+    assert torch.allclose(chunked, bank.embeddings(model), atol=1e-5)

@@ -101,6 +101,33 @@ def test_frozen_text_features_are_cached_and_exact(tiny):
     assert torch.allclose(first, tiny.encode_text(texts), atol=1e-6)
 
 
+def test_partly_frozen_text_tower_reruns_only_its_trainable_layers(tiny_model_cfg):
+    from shared_model.model.text_tower import mean_pool
+
+    torch.manual_seed(0)
+    model = build_model(_with(tiny_model_cfg, text=dataclasses.replace(tiny_model_cfg.text, trainable_layers=2)))
+    tower = model.text.eval()
+    texts = ["drusen", "a colour fundus photograph with haemorrhages in all four quadrants", "a normal fundus"]
+    with torch.no_grad():
+        batch = tower.tokenize(texts, torch.device("cpu"))
+        full = mean_pool(tower.encoder(**batch).last_hidden_state, batch["attention_mask"])
+        tower.pooled_features(texts[1:], torch.device("cpu"))  # cached alone, padded to other lengths
+        assert torch.allclose(tower.pooled_features(texts, torch.device("cpu")), full, atol=1e-5)
+    assert set(texts) <= set(tower._cache)
+    calls = []
+    handle = tower.encoder.embeddings.register_forward_hook(lambda *_: calls.append(1))
+    tower.train()
+    tower(texts).sum().backward()
+    handle.remove()
+    assert calls == []  # the frozen part was not run again
+    trained = {name.split(".")[2] for name, p in tower.encoder.named_parameters() if p.grad is not None}
+    assert trained == {"4", "5"}  # the last two of MiniLM's six layers
+    assert not tower.encoder.encoder.layer[0].training and tower.encoder.encoder.layer[-1].training
+    tower.state_cache_bytes = 1
+    tower(["one more caption", "and another"])
+    assert list(tower._cache) == ["one more caption", "and another"]  # older states evicted, the batch's kept
+
+
 def test_resnet50_tower_without_mae(tiny_model_cfg):
     cfg = _with(tiny_model_cfg, image=dataclasses.replace(tiny_model_cfg.image, arch="resnet50"),
                 mae=dataclasses.replace(tiny_model_cfg.mae, enabled=False))
