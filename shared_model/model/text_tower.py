@@ -66,6 +66,7 @@ class TextTower(nn.Module):
         self._freeze(trainable_layers)
         self._cache: OrderedDict[str, torch.Tensor] = OrderedDict()
         self._state_bytes = 0
+        self.train()  # frozen layers in eval mode from the start
 
     def _freeze(self, trainable_layers: int) -> None:
         """Freeze embeddings and all but the last ``trainable_layers`` encoder layers (-1: none frozen)."""

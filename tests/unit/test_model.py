@@ -106,6 +106,8 @@ def test_partly_frozen_text_tower_reruns_only_its_trainable_layers(tiny_model_cf
 
     torch.manual_seed(0)
     model = build_model(_with(tiny_model_cfg, text=dataclasses.replace(tiny_model_cfg.text, trainable_layers=2)))
+    layers = model.text.encoder.encoder.layer
+    assert not layers[0].training and layers[-1].training  # frozen layers never apply dropout, even before .train()
     tower = model.text.eval()
     texts = ["drusen", "a colour fundus photograph with haemorrhages in all four quadrants", "a normal fundus"]
     with torch.no_grad():
