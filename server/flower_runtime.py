@@ -135,11 +135,11 @@ def control_client(connection: Connection, env: dict[str, str]) -> Iterator:
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection
 
-    link = SuperLinkConnection(name=connection.name, address=connection.address, insecure=connection.insecure,
-                               root_certificates=connection.root_certificates)
     if connection.address == LOCAL_ADDRESS:
         port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")  # Flower's default
-        link = SuperLinkConnection(name=connection.name, address=f"127.0.0.1:{port}", insecure=True)
+        connection = Connection(connection.name, f"127.0.0.1:{port}", insecure=True)
+    link = SuperLinkConnection(name=connection.name, address=connection.address, insecure=connection.insecure,
+                               root_certificates=connection.root_certificates)
     with _flwr_home(env["FLWR_HOME"]):
         client = init_http_client_from_connection(link)
     try:
