@@ -61,19 +61,27 @@ def history_record(report: RoundReport, server_eval: dict | None) -> dict:
 
 
 def site_summary(metrics: dict) -> str:
-    """A site's round in a few characters: its loss terms, or its ε under DP-SGD (no losses are sent)."""
+    """A site's round in a few characters: its total loss, or its ε under DP-SGD (no losses are
+    sent); the terms are in metrics.jsonl and report.html."""
     if "epsilon" in metrics:
-        return f"ε={metrics['epsilon']:.3g}"
-    return " ".join(f"{k.removeprefix('loss.')}={v:.3f}" for k, v in metrics.items()
-                    if k.startswith("loss.") and k != "loss.total")
+        return f"{metrics['epsilon']:.3g}"
+    return f"{metrics['loss.total']:.3f}" if "loss.total" in metrics else "–"
+
+
+def sites_summary(record: dict) -> tuple[str, str]:
+    """What the sites' figures are ("loss", or "ε" under DP-SGD) and every site's
+    :func:`site_summary` in site order, e.g. ``("loss", "3.434 / 3.464 / 3.409")``."""
+    label = "ε" if any("epsilon" in m for m in record["sites"].values()) else "loss"
+    return label, " / ".join(site_summary(m) for m in record["sites"].values())
 
 
 def round_row(record: dict, seconds: float) -> str:
-    """One printable line: loss terms (ε under DP-SGD) per site, aggregate zero-shot ACA, time, bytes moved."""
-    sites = "  ".join(f"{name}: {site_summary(m)}" for name, m in record["sites"].items())
+    """One printable line (80 columns for a few sites): each site's loss (ε under DP-SGD), the
+    aggregate's zero-shot ACA, time, bytes moved."""
     aca = ", ".join(f"{task} ACA {v['aca']:.3f}" for task, v in (record["server_eval"] or {}).items())
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
-    return f"round {record['round']}: {sites} | {aca or 'not evaluated'} | {seconds:.1f} s | {moved:.1f} MiB"
+    label, sites = sites_summary(record)
+    return f"round {record['round']}  {label} {sites}  {aca or 'not evaluated'}  {seconds:.0f} s  {moved:.0f} MiB"
 
 
 def _drop_metrics_after(path: Path, last_round: int) -> None:
