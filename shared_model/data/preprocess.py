@@ -1,6 +1,7 @@
 """Deterministic preprocessing: fundus field-of-view crop, aspect-preserving resize onto a
 square black canvas, grey-to-RGB, then the model's input normalisation (ImageNet statistics as
-MAE and timm, optionally after local-contrast normalisation of fundus images)."""
+MAE and timm, optionally after local-contrast normalisation of fundus images, or TF's [-1, 1]
+scaling for EfficientNet-Lite)."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 
 # Modalities photographed through the pupil have a circular field of view on black.
 FOV_MODALITIES = frozenset({"CFP", "FFA", "FAF", "ICGA", "UWF", "IR"})
 
-_MEAN = torch.tensor(IMAGENET_DEFAULT_MEAN).view(3, 1, 1)
-_STD = torch.tensor(IMAGENET_DEFAULT_STD).view(3, 1, 1)
+# Per-channel (mean, std) of each input standardisation: ImageNet statistics (torchvision, MAE,
+# timm's ResNets) or TF's [-1, 1] scaling (Inception, EfficientNet-Lite).
+_STATS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
+          "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
+_STATS = {name: (torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)) for name, (mean, std) in _STATS.items()}
 
 
 def fov_bbox(img: np.ndarray, threshold: float = 0.08, min_fraction: float = 0.01) -> tuple[int, int, int, int]:
@@ -65,12 +69,13 @@ def prepare_image(img: np.ndarray, modality: str, size: int) -> torch.Tensor:
     return square_resize(to_tensor_rgb(img), size)
 
 
-def normalize(img: torch.Tensor) -> torch.Tensor:
-    """[.., 3, H, W] in [0, 1] -> standardised with ImageNet mean and std."""
-    return (img - _MEAN.to(img)) / _STD.to(img)
+def normalize(img: torch.Tensor, stats: str = "imagenet") -> torch.Tensor:
+    """[.., 3, H, W] in [0, 1] -> standardised with the ``stats`` mean and std (see ``_STATS``)."""
+    mean, std = _STATS[stats]
+    return (img - mean.to(img)) / std.to(img)
 
 
-INPUT_NORMS = ("imagenet", "local_contrast")
+INPUT_NORMS = ("imagenet", "inception", "local_contrast")
 
 
 def local_contrast(images: torch.Tensor) -> torch.Tensor:
@@ -94,7 +99,9 @@ def local_contrast(images: torch.Tensor) -> torch.Tensor:
 def to_model_input(images: torch.Tensor, input_norm: str) -> torch.Tensor:
     """[N, 3, S, S] in [0, 1] -> the model's input: with ``input_norm='local_contrast'`` first
     :func:`local_contrast` (every modality: it also cancels OCT gain and speckle-floor differences
-    between devices), then ImageNet standardisation."""
+    between devices), then ImageNet standardisation; ``inception`` scales to [-1, 1] instead."""
     if input_norm not in INPUT_NORMS:
         raise ValueError(f"model.image.input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
-    return normalize(local_contrast(images) if input_norm == "local_contrast" else images)
+    if input_norm == "local_contrast":
+        return normalize(local_contrast(images))
+    return normalize(images, input_norm)

@@ -83,7 +83,7 @@ def load_checkpoint(ckpt_dir: str | Path, device: str | torch.device = "cpu") ->
     weights = ckpt_dir / WEIGHTS
     if weights.is_file() and sha256_file(weights) != meta.get("weights_sha256"):
         raise CheckpointError(f"{weights}: SHA-256 differs from {ckpt_dir / CONFIG} (truncated or replaced file)")
-    model = build_model(cfg, pretrained_text=False)
+    model = build_model(cfg, pretrained=False)
     load_weights(model, weights)
     return model.to(device), cfg
 

@@ -34,10 +34,10 @@ def test_wrong_architecture_is_named(saved, tiny_model_cfg):
     _, folder = saved
     wider = dataclasses.replace(tiny_model_cfg, image=dataclasses.replace(tiny_model_cfg.image, width=96, num_heads=3))
     with pytest.raises(CheckpointError, match=r"does not match.*shape mismatches.*image_proj.weight: file \(256, 192\) vs model \(256, 96\)"):
-        load_weights(build_model(wider, pretrained_text=False), folder / "model.safetensors")
+        load_weights(build_model(wider, pretrained=False), folder / "model.safetensors")
     deeper = dataclasses.replace(tiny_model_cfg, image=dataclasses.replace(tiny_model_cfg.image, depth=5))
     with pytest.raises(CheckpointError, match=r"missing keys.*visual.blocks.4"):
-        load_weights(build_model(deeper, pretrained_text=False), folder / "model.safetensors")
+        load_weights(build_model(deeper, pretrained=False), folder / "model.safetensors")
 
 
 def test_truncated_weights_are_detected(saved, tmp_path):
@@ -61,13 +61,13 @@ def test_folder_without_config_or_with_bad_json(tmp_path):
 
 def test_image_tower_init_from_mae_style_state_dict(tiny_model_cfg, tmp_path):
     torch.manual_seed(1)
-    source = build_model(tiny_model_cfg, pretrained_text=False).visual
+    source = build_model(tiny_model_cfg, pretrained=False).visual
     # MAE/RETFound naming: flat cls_token, learned pos_embed, a head; wrapped in {"model": ...}
     state = {("cls_token" if k == "cls_token.token" else k): v for k, v in source.state_dict().items()}
     state["pos_embed"] = torch.zeros(1, 65, 192)
     state["head.weight"] = torch.zeros(5, 192)
     torch.save({"model": state}, tmp_path / "retfound_like.pth")
-    target = build_model(tiny_model_cfg, pretrained_text=False).visual
+    target = build_model(tiny_model_cfg, pretrained=False).visual
     load_image_tower_weights(target, str(tmp_path / "retfound_like.pth"))
     assert torch.equal(target.cls_token.token, source.cls_token.token)
     assert torch.equal(target.blocks[3].mlp.fc2.weight, source.blocks[3].mlp.fc2.weight)

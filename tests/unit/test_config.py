@@ -58,7 +58,7 @@ def test_wrong_type_is_named():
 @pytest.mark.parametrize("model", ["small", "base"])
 def test_larger_presets_build(model):
     cfg = compose_app("train", [f"model={model}"])
-    n = sum(p.numel() for p in build_model(cfg.model, pretrained_text=False).visual.parameters())
+    n = sum(p.numel() for p in build_model(cfg.model, pretrained=False).visual.parameters())
     assert n > (20e6 if model == "base" else 5e6)
 
 
