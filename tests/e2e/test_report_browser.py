@@ -62,6 +62,8 @@ def _render(browser, page: Path, profile: Path) -> tuple[str, set[str]]:
     assert done.returncode == 0, done.stderr[-2000:]
     hosts = set()
     for line in requests:
+        if not line:  # a connection opened ahead of need (Chromium preconnects to its proxy) that sent nothing
+            continue
         method, _, target = line.partition(" ")
         target = target.split(" ")[0]
         hosts.add(target.split(":")[0] if method == "CONNECT" else re.sub(r"^https?://([^/:]+).*", r"\1", target))
