@@ -22,20 +22,18 @@ import numpy as np
 import torch
 
 from shared_model.config import EvalConfig, EvalSetConfig, FederationAppConfig
-from shared_model.data.dataset import RetinaDataset
 from shared_model.data.manifest import expand_manifest_paths
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
 from shared_model.privacy.session import DPSession
-from shared_model.train.centralized import load_training_records
+from shared_model.train.centralized import build_training_dataset, load_training_records
 from shared_model.train.proximal import ProximalTerm
 from shared_model.train.trainer import LocalTrainer, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("image_text", "image_image", "mae", "total")
 KEEP_STATES = 2  # trainer states kept per site: the last round's and the one before
 
 
@@ -134,9 +132,7 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
     expected.check(site.name, model)
     load_exchanged_state_dict(model, global_state)
     objective = EyeCLIPObjective(app.loss, app.model.mae.norm_pix_loss)
-    dataset = RetinaDataset(records, app.model.image.image_size, train=True, text_source=app.data.text_source,
-                            pair_modalities=app.data.pair_modalities and app.loss.image_image > 0,
-                            augment=app.data.augment)
+    dataset = build_training_dataset(records, app)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     total_steps = app.federation.rounds * app.train.steps
     session = open_privacy(app, site, records, total_steps)
@@ -166,7 +162,8 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
         # Losses and the number of sampled images are computed on the records without noise: not sent.
         del metrics["images"]
     else:
-        metrics.update({f"loss.{name}": float(stats.losses.get(name, 0.0)) for name in LOSS_TERMS})
+        # Only the terms this model computed: a CNN tower has no MAE term, single-modality data no pairs.
+        metrics.update({f"loss.{name}": float(value) for name, value in stats.losses.items()})
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
     return RoundResult(exchanged_state_dict(model), metrics, privacy)

@@ -44,5 +44,7 @@ def run_simulation(cfg: FederationAppConfig, console: Console | None = None) -> 
         extra["RAY_ADDRESS"] = cfg.federation.ray_address
     resources = {"num-supernodes": len(sites), "client-resources-num-cpus": cfg.federation.client_cpus,
                  "client-resources-num-gpus": float(cfg.federation.client_gpus)}
+    if cfg.federation.ray_cpus is not None:
+        resources["init-args-num-cpus"] = cfg.federation.ray_cpus
     console.print(f"simulating {len(sites)} sites x {cfg.federation.rounds} rounds ({cfg.strategy.name})")
     return launch_run(cfg, Connection(CONNECTION, ":local:"), extra, resources, console, after=_stop_local_superlink)

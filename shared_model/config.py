@@ -124,7 +124,10 @@ class EvalConfig:
     sets: list[EvalSetConfig] = field(default_factory=list)
     zero_shot: bool = True
     linear_probe: bool = True
-    probe_folds: int = 5
+    probe_folds: int = 5  # folds grouped by patient: a patient's eyes are never split across a fold
+    # Also probe the image tower's pooled features (before the projection, as CLIP's and RETFound's
+    # linear probes do): the figure to compare with an untrained tower's features.
+    probe_tower_features: bool = False
     kshot: list[int] = field(default_factory=lambda: [1, 4])
     kshot_trials: int = 5
     retrieval: bool = True
@@ -143,6 +146,10 @@ class DataConfig:
     text_source: str = "mixed"
     pair_modalities: bool = True
     augment: bool = True
+    # Class-balanced sampling: each image is drawn with weight n_c ** -class_balance (n_c: its
+    # primary label's count at this site). 0: the data's own frequencies; 0.5: square-root
+    # rebalancing; 1: every class equally often. Not with DP-SGD (its sampling must be Poisson).
+    class_balance: float = 0.0
     num_workers: int = 1
     # Invalid manifest rows: strict stops with every error listed; otherwise they are dropped and counted.
     strict: bool = True
@@ -168,8 +175,11 @@ class TrainConfig:
     steps: int = 200
     max_seconds: Optional[float] = None
     batch_size: int = 32
-    lr: float = 5e-4
-    text_lr: float = 2e-5
+    lr: float = 5e-4  # new layers (projections, a from-scratch tower, the MAE decoder)
+    text_lr: float = 2e-5  # the pretrained text encoder's trainable layers
+    # The image tower's trainable layers; None: ``lr``. A pretrained tower wants less than its new
+    # projection head, or its ImageNet features are overwritten before the head has learnt to use them.
+    image_lr: Optional[float] = None
     weight_decay: float = 0.05
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -265,6 +275,10 @@ class FederationConfig:
     sites: int = 3
     site_manifests: list[str] = field(default_factory=list)
     client_cpus: int = 1  # Ray CPUs per virtual site (Flower takes whole CPUs)
+    # CPUs the local Ray instance offers the virtual sites; None: the machine's cores. With more
+    # sites than cores (3 sites, 2 cores) set it to sites x client_cpus: all sites then train at
+    # once instead of the last one alone beside an idle core.
+    ray_cpus: Optional[int] = None
     client_gpus: float = 0.0  # fractional GPUs per virtual site, e.g. 0.25 = four sites per GPU
     ray_address: Optional[str] = None  # attach to this Ray cluster (RAY_ADDRESS) instead of starting one
     # How updates travel, for the privacy report; set by the launcher: simulation | tls | insecure.

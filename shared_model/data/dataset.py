@@ -48,10 +48,13 @@ class RetinaDataset(Dataset):
     modality of the same eye."""
 
     def __init__(self, records: list[Record], image_size: int, train: bool = True, text_source: str = "mixed",
-                 pair_modalities: bool = False, augment: bool = True):
+                 pair_modalities: bool = False, augment: bool = True, class_balance: float = 0.0):
         if text_source not in TEXT_SOURCES:
             raise ValueError(f"data.text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
+        if not 0.0 <= class_balance <= 1.0:
+            raise ValueError(f"data.class_balance must be in [0, 1], got {class_balance}")
         self.records = records
+        self.sample_weights = class_weights(records, class_balance) if class_balance > 0 else None
         self.image_size = image_size
         self.train = train
         self.augment = train and augment
@@ -103,6 +106,18 @@ class RetinaDataset(Dataset):
             except ImageReadError as exc:
                 item["partner_error"] = str(exc)
         return item
+
+
+def class_weights(records: list[Record], alpha: float) -> torch.Tensor:
+    """Sampling weight of each record, ``n_c ** -alpha`` for its primary label's count ``n_c``
+    (unlabelled records form one class): 0 keeps the data's frequencies, 1 draws every class
+    equally often, 0.5 is the square-root rebalancing of long-tailed recognition (Mahajan et al.
+    2018; Kang et al. 2020, "Decoupling representation and classifier")."""
+    keys = [r.labels[0] if r.labels else "" for r in records]
+    counts: dict[str, int] = defaultdict(int)
+    for key in keys:
+        counts[key] += 1
+    return torch.tensor([counts[key] ** -alpha for key in keys], dtype=torch.float64)
 
 
 def index_seed(index: int) -> int:
@@ -162,18 +177,25 @@ def collate(items: list[dict]) -> Batch:
 
 class EpochBatchSampler(Sampler):
     """Shuffled fixed-size batches of ``(index, sample seed)``; deterministic per (seed, epoch),
-    and able to start mid-epoch (``skip_batches``) for exact resumption."""
+    and able to start mid-epoch (``skip_batches``) for exact resumption. With ``weights`` an epoch
+    is ``n`` indices drawn with replacement in proportion to them (class-balanced sampling)."""
 
-    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, skip_batches: int = 0):
+    def __init__(self, n: int, batch_size: int, seed: int, epoch: int = 0, skip_batches: int = 0,
+                 weights: torch.Tensor | None = None):
         if n < batch_size:
             raise ValueError(f"train.batch_size={batch_size} is larger than the {n} training images")
         self.n, self.batch_size, self.seed, self.epoch, self.skip_batches = n, batch_size, seed, epoch, skip_batches
+        self.weights = weights
 
     def __len__(self) -> int:
         return self.n // self.batch_size - self.skip_batches
 
     def __iter__(self):
-        order = torch.randperm(self.n, generator=torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, ORDER_STREAM)))
+        gen = torch.Generator().manual_seed(sample_seed(self.seed, self.epoch, ORDER_STREAM))
+        if self.weights is None:
+            order = torch.randperm(self.n, generator=gen)
+        else:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=gen)
         for b in range(self.skip_batches, self.n // self.batch_size):
             positions = range(b * self.batch_size, (b + 1) * self.batch_size)
             yield [(int(order[p]), sample_seed(self.seed, self.epoch, p)) for p in positions]

@@ -54,25 +54,33 @@ def load_eval_records(cfg: EvalSetConfig) -> list[Record]:
 
 @dataclass
 class EmbeddedSet:
-    """Unit-norm image embeddings of the readable records of one task."""
+    """Unit-norm image embeddings of the readable records of one task and, when asked for, the
+    image tower's pooled features (before the projection)."""
 
     records: list[Record]
     embeddings: np.ndarray  # [N, D]
     skipped: list[str]
+    features: np.ndarray | None = None  # [N, width]
 
 
 @torch.no_grad()
 def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, device: torch.device,
-                  batch_size: int = 64, progress: bool = False) -> EmbeddedSet:
+                  batch_size: int = 64, progress: bool = False, features: bool = False) -> EmbeddedSet:
     """Embed images (volumes through the slice-attention adapter when the model has one, else
-    their central B-scan); unreadable files are logged, skipped and listed."""
+    their central B-scan); unreadable files are logged, skipped and listed. With ``features`` also
+    the tower's pooled features (a volume's: the mean over the slices it was embedded from)."""
     model.eval()
-    kept, chunks, skipped, pending = [], [], [], []
+    kept, chunks, feature_chunks, skipped, pending = [], [], [], [], []
+
+    def tower_features(imgs: torch.Tensor) -> torch.Tensor:
+        return model.visual.pool(model.visual.forward_encoder(imgs, 0.0)[0]).float().cpu()
 
     def flush() -> None:
         if pending:
             imgs = to_model_input(torch.stack([p for _, p in pending]).to(device), model.input_norm)
             chunks.append(model.encode_image(imgs).float().cpu())
+            if features:
+                feature_chunks.append(tower_features(imgs))
             kept.extend(r for r, _ in pending)
             pending.clear()
 
@@ -89,7 +97,10 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
             if len(slices) > 1 and model.volume_pool is not None:
                 flush()
                 picked = slices[torch.linspace(0, len(slices) - 1, min(len(slices), model.volume_pool.max_slices)).long()]
-                chunks.append(model.encode_volume(to_model_input(picked.to(device), model.input_norm)[None]).float().cpu())
+                imgs = to_model_input(picked.to(device), model.input_norm)
+                chunks.append(model.encode_volume(imgs[None]).float().cpu())
+                if features:
+                    feature_chunks.append(tower_features(imgs).mean(0, keepdim=True))
                 kept.append(record)
                 continue
             pending.append((record, slices[len(slices) // 2]))
@@ -97,7 +108,8 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
                 flush()
         flush()
     embeddings = torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), dtype=np.float32)
-    return EmbeddedSet(kept, embeddings, skipped)
+    tower = torch.cat(feature_chunks).numpy() if feature_chunks else None
+    return EmbeddedSet(kept, embeddings, skipped, tower)
 
 
 @torch.no_grad()
@@ -134,13 +146,14 @@ def _probe_split(y: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
 def evaluate_model(model: RetinaCLIP, cfg: EvalConfig, image_size: int, device: torch.device,
                    progress: bool = False) -> dict:
     """Run every configured evaluation on every set; returns the report dict of ``eval.report``."""
-    results: dict[str, dict] = {"zero_shot": {}, "linear_probe": {}, "kshot": {}, "retrieval": {}, "skipped": {}}
+    results: dict[str, dict] = {"zero_shot": {}, "linear_probe": {}, "linear_probe_features": {}, "kshot": {},
+                                "retrieval": {}, "skipped": {}}
     for set_cfg in cfg.sets:
         records = load_eval_records(set_cfg)
         for modality in sorted({r.modality for r in records}):
             name = f"{set_cfg.name}/{modality}"
             embedded = embed_records(model, [r for r in records if r.modality == modality], image_size, device,
-                                     cfg.batch_size, progress)
+                                     cfg.batch_size, progress, features=cfg.linear_probe and cfg.probe_tower_features)
             if embedded.skipped:
                 results["skipped"][name] = embedded.skipped
             _evaluate_task(model, cfg, set_cfg, name, modality, embedded, results)
@@ -162,8 +175,13 @@ def _evaluate_task(model: RetinaCLIP, cfg: EvalConfig, set_cfg: EvalSetConfig, n
         counts = np.bincount(y, minlength=len(classes))
         present = counts[counts > 0]
         if cfg.linear_probe and len(present) >= 2 and present.min() >= 2:
+            patients = [r.patient_id for r, kept in zip(embedded.records, keep) if kept]
             results["linear_probe"][name] = linear_probe_cv(emb, y, class_names=classes, n_splits=cfg.probe_folds,
-                                                            ordinal=ordinal, seed=cfg.seed)
+                                                            ordinal=ordinal, seed=cfg.seed, groups=patients)
+            if embedded.features is not None:
+                results["linear_probe_features"][name] = linear_probe_cv(
+                    embedded.features[keep], y, class_names=classes, n_splits=cfg.probe_folds, ordinal=ordinal,
+                    seed=cfg.seed, groups=patients)
         pool, test = _probe_split(y, cfg.seed)
         for k in cfg.kshot:
             if len(present) >= 2 and np.bincount(y[pool], minlength=len(classes))[counts > 0].min() >= k:

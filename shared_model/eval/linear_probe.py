@@ -18,7 +18,7 @@ from typing import TypedDict
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold
+from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold, StratifiedKFold
 
 from shared_model.eval.metrics import SCALAR_METRICS, ClassificationMetrics, classification_metrics
 from shared_model.eval.zero_shot import l2_normalize
@@ -151,11 +151,14 @@ def linear_probe_cv(
     ordinal: bool = False,
     max_iter: int = 1000,
     seed: int = 0,
+    groups: Sequence[str] | None = None,
 ) -> ProbeCVResult:
     """Stratified k-fold linear probe (FLAIR's probe, see :func:`fit_probe_and_score`).
 
-    The number of folds drops to the size of the smallest class when that is
-    smaller than ``n_splits`` (recorded in the result); a class with a single
+    With ``groups`` (e.g. each image's patient) the folds keep every group on one side
+    (scikit-learn's ``StratifiedGroupKFold``), so the two eyes of a patient are never one in
+    training and one in test. The number of folds drops to the size of the smallest class when
+    that is smaller than ``n_splits`` (recorded in the result); a class with a single
     example cannot be both trained on and tested, so it raises ``ValueError``.
     Classes with no example at all are simply absent (see ``metrics``).
     """
@@ -174,8 +177,12 @@ def linear_probe_cv(
     if k < n_splits:
         log.info("linear_probe_cv: smallest class has %d examples, using %d folds", k, k)
 
+    if groups is not None and len(groups) != len(labels):
+        raise ValueError(f"linear_probe_cv: {len(groups)} groups for {len(labels)} examples")
+    splitter = StratifiedKFold(k, shuffle=True, random_state=seed) if groups is None else \
+        StratifiedGroupKFold(k, shuffle=True, random_state=seed)
     folds = []
-    for train_idx, test_idx in StratifiedKFold(k, shuffle=True, random_state=seed).split(embeddings, labels):
+    for train_idx, test_idx in splitter.split(embeddings, labels, groups):
         folds.append(
             fit_probe_and_score(
                 embeddings[train_idx], labels[train_idx], embeddings[test_idx], labels[test_idx],

@@ -10,6 +10,7 @@ The ``results`` dict (every section optional, names are free-form strings)::
       "zero_shot":    {dataset: ClassificationMetrics},   # metrics.classification_metrics
       "linear_probe": {dataset: ProbeCVResult              # linear_probe.linear_probe_cv
                                 | ProbeMetrics},           # or fit_probe_and_score
+      "linear_probe_features": {dataset: ProbeCVResult},  # the same on the tower's pooled features
       "kshot":        {name: KShotResult},                # linear_probe.kshot_probe; k is inside,
                                                           # so name e.g. "phantom_fundus/k=5"
       "retrieval":    {dataset: RetrievalMetrics},        # retrieval.retrieval_metrics
@@ -32,7 +33,8 @@ from rich.table import Table
 from shared_model.atomic_files import write_bytes_atomic
 from shared_model.eval.metrics import SCALAR_METRICS
 
-CLASSIFICATION_SECTIONS = {"zero_shot": "zero-shot", "linear_probe": "linear probe", "kshot": "k-shot"}
+CLASSIFICATION_SECTIONS = {"zero_shot": "zero-shot", "linear_probe": "linear probe",
+                           "linear_probe_features": "probe, tower features", "kshot": "k-shot"}
 CLASSIFICATION_HEADERS = ("task", "dataset", "n", "ACA", "acc", "macro-F1", "AUC", "kappa")
 MISSING = "–"
 

@@ -69,6 +69,9 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
         if app.loss.image_image > 0:
             problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
                             "set loss.image_image=0 under DP-SGD")
+    if p.mode == "dp-sgd" and app.data.class_balance > 0:
+        problems.append(f"data.class_balance={app.data.class_balance}: DP-SGD samples its units by Poisson "
+                        "sampling at one rate, which the accountant models; set data.class_balance=0")
     if isinstance(app, FederationAppConfig):
         if app.secagg.enabled and p.central != "none":
             problems.append("secagg=on with privacy.central: server-side clipping needs each site's update, "

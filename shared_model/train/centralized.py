@@ -41,6 +41,13 @@ def load_training_records(cfg: DataConfig) -> list[Record]:
     return records
 
 
+def build_training_dataset(records: list[Record], cfg: TrainAppConfig) -> RetinaDataset:
+    """The augmented training data set of a run (centralized or one site's), as configured."""
+    return RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
+                         pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0,
+                         augment=cfg.data.augment, class_balance=cfg.data.class_balance)
+
+
 def merge_stats(chunks: list[TrainStats]) -> TrainStats:
     """Totals over consecutive :meth:`LocalTrainer.run` calls (losses weighted by steps)."""
     steps = sum(c.steps for c in chunks)
@@ -71,9 +78,7 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model)
     objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
-    dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
-                            pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0,
-                            augment=cfg.data.augment)
+    dataset = build_training_dataset(records, cfg)
     ckpt = run_dir / CHECKPOINT_DIR
     session = None
     if cfg.privacy.mode == "dp-sgd":  # the run folder holds the ledger: it is this trainer's "site"

@@ -101,7 +101,8 @@ class LocalTrainer:
         return batch.n_anchors >= 2
 
     def _loader(self, dataset: RetinaDataset) -> DataLoader:
-        sampler = EpochBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.epoch, self.batch_in_epoch)
+        sampler = EpochBatchSampler(len(dataset), self.cfg.batch_size, self.cfg.seed, self.epoch, self.batch_in_epoch,
+                                    dataset.sample_weights)
         # A private generator: DataLoader otherwise draws its worker base seed from the global RNG,
         # which would shift the masking noise of a resumed run.
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,

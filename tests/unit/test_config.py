@@ -9,12 +9,13 @@ from shared_model.config import EvalAppConfig, TrainAppConfig
 from shared_model.model import build_model
 from shared_model.conf import compose_app
 
-PRESETS = {"tiny": (64, 192), "small": (128, 384), "base": (224, 768), "resnet50": (224, None)}
+PRESETS = {"tiny": (64, 192), "small": (128, 384), "base": (224, 768), "resnet50": (224, None),
+           "efficientnet_lite0": (128, None)}
 
 
 @pytest.mark.parametrize("model", sorted(PRESETS))
-@pytest.mark.parametrize("train", ["default", "demo"])
-@pytest.mark.parametrize("eval_group", ["phantom", "real", "none"])
+@pytest.mark.parametrize("train", ["default", "demo", "real"])
+@pytest.mark.parametrize("eval_group", ["phantom", "real", "odir_val", "none"])
 def test_every_group_composes(model, train, eval_group):
     cfg = compose_app("train", [f"model={model}", f"train={train}", f"eval={eval_group}"])
     assert isinstance(cfg, TrainAppConfig)
