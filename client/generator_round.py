@@ -27,7 +27,7 @@ def train_generator_round(app: FederationAppConfig, site: Site, global_state: di
     expected.check(site.name, model)
     load_exchanged_state_dict(model, global_state)
     total_steps = app.federation.rounds * app.train.steps
-    session = open_privacy(app, site, records, total_steps)
+    session = open_privacy(app, site, model, records, total_steps)
     if session is not None and not session.allows(app.train.steps):
         return budget_stop(model, session, server_round)
     synth = SynthAppConfig(generator=app.generator, data=app.data, privacy=app.privacy, train=SynthTrainConfig(

@@ -90,13 +90,14 @@ def _prune_states(site: Site) -> None:
 TRAINED_MARKERS = ("trainer", "generator")  # folders in a site's state dir that show it has trained
 
 
-def open_privacy(app: FederationAppConfig, site: Site, records: list, total_steps: int) -> DPSession | None:
+def open_privacy(app: FederationAppConfig, site: Site, model: torch.nn.Module, records: list,
+                 total_steps: int) -> DPSession | None:
     """The DP-SGD session of this site's round, or None without DP. A site whose state shows
     earlier training must have its ledger (LedgerError otherwise)."""
     if app.privacy.mode != "dp-sgd":
         return None
     trained = any((site.state_dir / marker).is_dir() for marker in TRAINED_MARKERS)
-    return DPSession.open(site.state_dir, app.privacy, records, app.train.batch_size, total_steps, trained)
+    return DPSession.open(site.state_dir, app.privacy, model, records, app.train.batch_size, total_steps, trained)
 
 
 def budget_stop(model: torch.nn.Module, session: DPSession, server_round: int) -> "RoundResult":
@@ -135,11 +136,12 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
     dataset = build_training_dataset(records, app)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     total_steps = app.federation.rounds * app.train.steps
-    session = open_privacy(app, site, records, total_steps)
+    session = open_privacy(app, site, model, records, total_steps)
     if session is not None:
         if not session.allows(app.train.steps):
             return budget_stop(model, session, server_round)
-        trainer = session.trainer(model, objective, app.train, device, total_steps, app.data.num_workers, proximal)
+        session.prepare(app.model.image.image_size, device)
+        trainer = session.trainer(objective, app.train, device, total_steps, app.data.num_workers, proximal)
     else:
         trainer = LocalTrainer(model, objective, app.train, device, total_steps=total_steps,
                                num_workers=app.data.num_workers, proximal=proximal)

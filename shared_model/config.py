@@ -209,6 +209,9 @@ class PrivacyConfig:
     sampling: str = "poisson"  # the accountant models Poisson subsampling: nothing else is accepted
     # ghost: unit norms from ghost norms, no per-image gradients (faster); hooks: Opacus' per-image gradients
     clipping: str = "ghost"
+    # A fully frozen image tower's feature centre is released once per site with the Gaussian
+    # mechanism at this noise multiplier (per-unit sensitivity 1; privacy/feature_centre.py).
+    centre_noise_multiplier: float = 2.0
     central: str = "none"  # none | fixed | adaptive: client-level DP at the coordinator
     central_noise_multiplier: float = 1.0  # noise std / clipping norm of the summed site updates
     central_clip: float = 1.0  # clipping norm of one site's update (adaptive: its starting value)

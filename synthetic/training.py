@@ -196,7 +196,7 @@ def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
     model, fixes = make_opacus_compatible(model) if app.privacy.mode == "dp-sgd" else (model, [])
     session = None
     if app.privacy.mode == "dp-sgd":
-        session = DPSession.open(run_dir, app.privacy, records, app.train.batch_size, app.train.steps,
+        session = DPSession.open(run_dir, app.privacy, model, records, app.train.batch_size, app.train.steps,
                                  trained_before=(run_dir / STATE_FILE).is_file())
     dataset = GeneratorDataset(records, app.generator.image_size, model.conditioning)
     trainer = GeneratorTrainer(model, app, dataset, session)

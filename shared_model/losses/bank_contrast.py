@@ -32,19 +32,25 @@ class PublicTextBank:
     def embeddings(self, model: nn.Module) -> torch.Tensor:
         """[K, D] L2-normalised class embeddings from ``model``'s current text tower (no gradient;
         the tower runs in eval mode so no batch statistic is touched)."""
+        emb = self.encode(model, model.encode_text)
+        sizes = [len(p) for p in self.prompts]
+        means = torch.stack([chunk.mean(0) for chunk in emb.split(sizes)])
+        return nn.functional.normalize(means, dim=-1)
+
+    @torch.no_grad()
+    def encode(self, model: nn.Module, encode) -> torch.Tensor:
+        """``encode(texts)`` of every prompt of the bank, in bank order, in eval mode, run in
+        chunks of similar length."""
         flat = [p for prompts in self.prompts for p in prompts]
         order = sorted(range(len(flat)), key=lambda i: len(flat[i]))
         was_training = model.text.training
         model.text.eval()
         try:
-            emb = torch.cat([model.encode_text([flat[i] for i in order[start:start + CHUNK]]).float()
+            out = torch.cat([encode([flat[i] for i in order[start:start + CHUNK]]).float()
                              for start in range(0, len(order), CHUNK)])
         finally:
             model.text.train(was_training)
-        emb = emb[torch.as_tensor(order, device=emb.device).argsort()]
-        sizes = [len(p) for p in self.prompts]
-        means = torch.stack([chunk.mean(0) for chunk in emb.split(sizes)])
-        return nn.functional.normalize(means, dim=-1)
+        return out[torch.as_tensor(order, device=out.device).argsort()]
 
     def targets(self, label_sets: list[str], device: torch.device) -> torch.Tensor:
         """[N, K] multi-hot of each row's labels (``;``-joined label-set strings)."""

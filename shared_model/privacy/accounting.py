@@ -33,7 +33,22 @@ def epsilon(name: str, history: History, delta: float) -> float:
     return float(make_accountant(name, history).get_epsilon(delta))
 
 
-def calibrate_noise(name: str, epsilon_budget: float, delta: float, sample_rate: float, steps: int) -> float:
-    """The smallest noise multiplier whose ``steps`` steps at ``sample_rate`` spend ``epsilon_budget``."""
-    return float(get_noise_multiplier(target_epsilon=epsilon_budget, target_delta=delta, sample_rate=sample_rate,
-                                      steps=steps, accountant=name, epsilon_tolerance=0.005))
+def calibrate_noise(name: str, epsilon_budget: float, delta: float, sample_rate: float, steps: int,
+                    fixed: History = ()) -> float:
+    """The smallest noise multiplier whose ``steps`` steps at ``sample_rate`` spend
+    ``epsilon_budget``, composed with the ``fixed`` mechanisms (e.g. a one-off release)."""
+    if not fixed:
+        return float(get_noise_multiplier(target_epsilon=epsilon_budget, target_delta=delta, sample_rate=sample_rate,
+                                          steps=steps, accountant=name, epsilon_tolerance=0.005))
+    if epsilon(name, list(fixed), delta) >= epsilon_budget:
+        raise ValueError(f"the fixed mechanisms alone spend ε >= {epsilon_budget:g}: no budget left for training")
+    low, high = 0.0, 10.0
+    while epsilon(name, [*fixed, (high, sample_rate, steps)], delta) > epsilon_budget:
+        low, high = high, 2 * high
+    while high - low > 1e-3 * high:  # bisection, as Opacus' get_noise_multiplier
+        middle = (low + high) / 2
+        if epsilon(name, [*fixed, (middle, sample_rate, steps)], delta) > epsilon_budget:
+            low = middle
+        else:
+            high = middle
+    return high

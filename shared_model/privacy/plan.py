@@ -9,7 +9,7 @@ from pathlib import Path
 
 from shared_model.config import FederationAppConfig, PrivacyConfig, TrainAppConfig
 from shared_model.model.update_codec import ENCODINGS
-from shared_model.privacy.accounting import ACCOUNTANTS, calibrate_noise
+from shared_model.privacy.accounting import ACCOUNTANTS, History, calibrate_noise
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
 from shared_model.privacy.units import RNG_DESCRIPTION, UNITS
@@ -41,6 +41,8 @@ def privacy_problems(p: PrivacyConfig) -> list[str]:
             problems.append(f"privacy.clipping must be one of {CLIPPING}, got {p.clipping!r}")
         if p.max_grad_norm <= 0:
             problems.append(f"privacy.max_grad_norm must be > 0, got {p.max_grad_norm}")
+        if p.centre_noise_multiplier <= 0:
+            problems.append(f"privacy.centre_noise_multiplier must be > 0, got {p.centre_noise_multiplier}")
         if p.noise_multiplier is not None and p.noise_multiplier <= 0:
             problems.append(f"privacy.noise_multiplier must be > 0 under DP-SGD, got {p.noise_multiplier}")
         if p.epsilon_budget <= 0:
@@ -120,9 +122,10 @@ class DPPlan:
 
 
 def plan_dp(p: PrivacyConfig, record_units: list[int], batch_size: int, planned_steps: int,
-            ledger: PrivacyLedger | None = None) -> DPPlan:
+            ledger: PrivacyLedger | None = None, releases: History = ()) -> DPPlan:
     """The plan for a site with these records: q = batch_size / N unless set, δ = 1/(10 N)
-    unless set (or the ledger's), σ calibrated so ``planned_steps`` spend the budget unless set."""
+    unless set (or the ledger's), σ calibrated so ``planned_steps`` together with the one-off
+    ``releases`` spend the budget unless set."""
     units = len(set(record_units))
     if units == 0:
         raise PrivacyConfigError("no training records: nothing to sample under DP-SGD")
@@ -130,7 +133,7 @@ def plan_dp(p: PrivacyConfig, record_units: list[int], batch_size: int, planned_
     delta = p.delta if p.delta is not None else (ledger.delta if ledger is not None else 1.0 / (10 * units))
     sigma = p.noise_multiplier
     if sigma is None:
-        sigma = calibrate_noise(p.accountant, p.epsilon_budget, delta, rate, max(planned_steps, 1))
+        sigma = calibrate_noise(p.accountant, p.epsilon_budget, delta, rate, max(planned_steps, 1), releases)
     return DPPlan(p.unit, units, rate, sigma, p.max_grad_norm, delta, p.accountant, p.epsilon_budget)
 
 

@@ -82,9 +82,9 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     ckpt = run_dir / CHECKPOINT_DIR
     session = None
     if cfg.privacy.mode == "dp-sgd":  # the run folder holds the ledger: it is this trainer's "site"
-        session = DPSession.open(run_dir, cfg.privacy, records, cfg.train.batch_size, cfg.train.steps,
+        session = DPSession.open(run_dir, cfg.privacy, model, records, cfg.train.batch_size, cfg.train.steps,
                                  trained_before=(ckpt / "trainer_state.pt").is_file())
-        trainer = session.trainer(model, objective, cfg.train, device, cfg.train.steps, cfg.data.num_workers)
+        trainer = session.trainer(objective, cfg.train, device, cfg.train.steps, cfg.data.num_workers)
     else:
         trainer = LocalTrainer(model, objective, cfg.train, device, num_workers=cfg.data.num_workers)
     if cfg.resume and (ckpt / "trainer_state.pt").is_file():
@@ -98,8 +98,10 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     metrics = MetricsLog(run_dir, cfg.report.tensorboard)
     while trainer.step < cfg.train.steps:
         chunk = min(every, cfg.train.steps - trainer.step)
-        if session is not None and not session.allows(chunk):
-            break
+        if session is not None:
+            if not session.allows(chunk):
+                break
+            session.prepare(cfg.model.image.image_size, device)  # releases the image centre once, if needed
         budget = None if cfg.train.max_seconds is None else cfg.train.max_seconds - (time.perf_counter() - start)
         chunks.append(trainer.run(dataset, chunk, budget, progress, metrics))
         extra = {"step": trainer.step}

@@ -34,6 +34,18 @@ def test_demo_experiment_overrides_only_what_it_names():
     assert cfg.loss.image_image == 0.75 and cfg.eval.sets[0].name == "heldout"
 
 
+def test_real_data_experiments_share_one_recipe_at_equal_compute():
+    central = compose_app("train", ["+experiment=real"])
+    federated = compose_app("federation", ["+experiment=real_federation"])
+    dp = compose_app("federation", ["+experiment=real_federation_dp"])
+    assert central.model == federated.model and central.model.image.pretrained
+    assert federated.federation.site_manifests == central.data.manifests and len(central.data.manifests) == 3
+    assert 3 * federated.federation.rounds * federated.train.steps == central.train.steps
+    assert central.loss.image_image == 0.0 and central.data.class_balance == 0.5  # ODIR: one modality
+    assert dp.privacy.mode == "dp-sgd" and dp.loss.image_text_variant == "bank" and dp.data.class_balance == 0
+    assert dp.model.image.trainable_stages == 0 and dp.train == federated.train
+
+
 def test_manifest_data_group_requires_manifests():
     cfg = compose_app("train", ["data=manifests", "data.manifests=[a.csv,b.csv]", "eval=none"])
     assert cfg.data.manifests == ["a.csv", "b.csv"] and not cfg.phantom.ensure

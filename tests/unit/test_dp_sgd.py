@@ -30,6 +30,7 @@ from shared_model.data.dataset import collate
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model, vit_mae
 from shared_model.model.tokens import LearnedToken
+from shared_model.model.feature_centring import FixedCentring
 from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
 from shared_model.privacy.dp_trainer import DPSGDTrainer, sum_per_unit
 from shared_model.privacy.errors import PrivacyConfigError
@@ -266,7 +267,9 @@ def test_dp_sgd_turns_on_the_model_fixes_and_they_remove_batch_statistics():
     assert app.model.opacus_compatible
     model = build_model(app.model)
     assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    assert isinstance(model.image_norm, nn.GroupNorm) and isinstance(model.text.norm, nn.GroupNorm)
+    # the ViT trains: GroupNorm; the frozen text encoder: a fixed centre from the public prompts
+    assert isinstance(model.image_norm, nn.GroupNorm) and isinstance(model.text.norm, FixedCentring)
+    assert float(model.text.norm.calibrated) == 1.0
     assert not model.temperature.log_scale.requires_grad
     assert not any(p.requires_grad for p in model.text.encoder.parameters())  # frozen stays frozen
 
