@@ -39,7 +39,8 @@ def train(msg: Message, context: Context) -> Message:
                              float(config.get("proximal-mu", 0.0)), expected=expected)
     arrays = ArrayRecord(result.state)
     if cfg.federation.update_encoding == "bf16-delta":
-        arrays = ArrayRecord({k: Array(v) for k, v in encode_bf16_delta(result.state, global_state).items()})
+        encoded = encode_bf16_delta(result.state, global_state, result.statistics)
+        arrays = ArrayRecord({k: Array(v) for k, v in encoded.items()})
     if cfg.secagg.enabled:
         arrays, clipped = secagg_delta(arrays, msg.content["arrays"], cfg.secagg.clipping_range)
         # Weight 1 per site (0 if it did not train): example counts stay hidden too.

@@ -11,7 +11,7 @@ from dataclasses import replace
 import torch
 
 from shared_model.config import FederationAppConfig, SynthAppConfig, SynthTrainConfig
-from shared_model.model.exchange import exchanged_state_dict, load_exchanged_state_dict
+from shared_model.model.exchange import load_exchanged_state_dict
 from shared_model.train.centralized import load_training_records
 from client.site_training import Expected, RoundResult, Site, budget_stop, open_privacy, site_seed
 from synthetic.dataset import GeneratorDataset
@@ -49,4 +49,4 @@ def train_generator_round(app: FederationAppConfig, site: Site, global_state: di
         metrics["loss.diffusion"] = stats.loss
     folder.mkdir(parents=True, exist_ok=True)
     trainer.save_state(folder)
-    return RoundResult(exchanged_state_dict(model), metrics, privacy)
+    return RoundResult.of(model, metrics, privacy)

@@ -26,7 +26,8 @@ from shared_model.data.manifest import expand_manifest_paths
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
-from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
+from shared_model.model.exchange import (app_version, exchanged_state_dict, exchanged_statistics,
+                                         load_exchanged_state_dict, schema_digest)
 from shared_model.privacy.session import DPSession
 from shared_model.train.centralized import build_training_dataset, load_training_records
 from shared_model.train.proximal import ProximalTerm
@@ -105,7 +106,7 @@ def budget_stop(model: torch.nn.Module, session: DPSession, server_round: int) -
     spent = session.ledger.spent()
     metrics = {"num-examples": 0, "site-weight": 0.0, "server-round": server_round, "steps": 0,
                "privacy-budget-exhausted": 1, "epsilon": spent}
-    return RoundResult(exchanged_state_dict(model), metrics, session.describe())
+    return RoundResult.of(model, metrics, session.describe())
 
 
 @dataclass
@@ -115,6 +116,13 @@ class RoundResult:
     state: dict[str, torch.Tensor]
     metrics: dict[str, float]
     privacy: dict[str, str | float | int]  # {"mode": "none"} or the DP plan and ε so far
+    statistics: frozenset[str] = frozenset()  # the names in ``state`` that are running statistics
+
+    @classmethod
+    def of(cls, model: torch.nn.Module, metrics: dict[str, float],
+           privacy: dict[str, str | float | int]) -> "RoundResult":
+        """The reply carrying ``model``'s exchanged state."""
+        return cls(exchanged_state_dict(model), metrics, privacy, exchanged_statistics(model))
 
 
 def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor], server_round: int,
@@ -168,7 +176,7 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
         metrics.update({f"loss.{name}": float(value) for name, value in stats.losses.items()})
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
-    return RoundResult(exchanged_state_dict(model), metrics, privacy)
+    return RoundResult.of(model, metrics, privacy)
 
 
 def evaluate_round(app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor],

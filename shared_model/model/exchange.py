@@ -33,8 +33,13 @@ def schema_digest(arrays: Mapping) -> str:
 def exchanged_names(model: nn.Module) -> list[str]:
     """state_dict keys that travel, in state_dict order."""
     trainable = {name for name, p in model.named_parameters() if p.requires_grad}
-    floating = {name for name, b in model.named_buffers() if b.is_floating_point()}
+    floating = exchanged_statistics(model)
     return [name for name in model.state_dict() if name in trainable or name in floating]
+
+
+def exchanged_statistics(model: nn.Module) -> frozenset[str]:
+    """The exchanged names that are buffers, not parameters (BatchNorm running statistics)."""
+    return frozenset(name for name, b in model.named_buffers() if b.is_floating_point())
 
 
 def exchanged_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:

@@ -1,6 +1,7 @@
 """bf16-delta updates (``federation.update_encoding=bf16-delta``): the codec's error is bounded
-by bf16 rounding of the delta, a federation sends half the bytes and lands on nearly the same
-aggregate as fp32, an update that is not a bf16 delta is rejected, and SecAgg+ refuses it."""
+by bf16 rounding of the delta, running statistics travel exactly, a federation sends half the
+bytes and lands on nearly the same aggregate as fp32, an update that is neither a bf16 delta nor
+the value is rejected, and SecAgg+ refuses it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from safetensors.torch import load_file
 from server.federation import run_federation
 from server.round_checkpoint import latest_round
 from server.rounds import decode_updates
+from shared_model.model.exchange import exchanged_state_dict, exchanged_statistics
 from shared_model.model.update_codec import decode_bf16_delta, encode_bf16_delta
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.plan import resolve_privacy
@@ -31,13 +33,31 @@ def test_decoded_weights_differ_from_the_sent_ones_by_bf16_rounding_of_the_delta
     assert np.all(np.abs(decoded - local["w"].numpy()) <= 2 ** -8 * np.abs(delta) + 1e-7)
     assert decode_bf16_delta("steps", encoded["steps"], global_state["steps"].numpy()).tolist() == [5]
     with pytest.raises(ValueError, match="'w': expected a bf16 delta"):
-        decode_bf16_delta("w", local["w"].numpy(), global_state["w"].numpy())
+        decode_bf16_delta("w", local["w"].double().numpy(), global_state["w"].numpy())
+
+
+def test_running_statistics_travel_as_their_values():
+    model = torch.nn.Sequential(torch.nn.Linear(8, 1280), torch.nn.BatchNorm1d(1280, affine=False))
+    statistics = exchanged_statistics(model)
+    assert statistics == {"1.running_mean", "1.running_var"}
+    global_state = {k: v.clone() for k, v in exchanged_state_dict(model).items()}  # running_var starts at 1
+    with torch.no_grad():
+        model[0].weight.add_(1e-3)
+        model[1].running_var.fill_(1e-4)  # tower features of tiny variance, as after a round on ODIR
+    local = exchanged_state_dict(model)
+    reference = global_state["1.running_var"].numpy()
+    as_delta = encode_bf16_delta(local, global_state)["1.running_var"]
+    assert decode_bf16_delta("1.running_var", as_delta, reference).max() == 0.0  # what BatchNorm would divide by
+    encoded = encode_bf16_delta(local, global_state, statistics)
+    assert encoded["0.weight"].dtype == np.int16 and encoded["1.running_var"].dtype == np.float32
+    decoded = decode_bf16_delta("1.running_var", encoded["1.running_var"], reference)
+    assert np.array_equal(decoded, local["1.running_var"].numpy())
 
 
 def test_a_reply_that_is_not_a_bf16_delta_is_rejected():
     InProcessGrid({})  # stamps this process with a task identity, as Flower's runtime does
     global_arrays = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32))})
-    plain = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones((2, 2), np.float32))}),
+    plain = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones((2, 2), np.float64))}),
                                 "metrics": MetricRecord({"server-round": 1})}), dst_node_id=1, message_type="train")
     kept, reasons = decode_updates([plain], global_arrays)
     assert kept == [] and "not a bf16 delta" in reasons[0]
