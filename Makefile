@@ -1,5 +1,6 @@
-# RetinaFL: `make demo` runs the main job (a simulated federation), `make test` the test suite.
-# Both create .venv first.
+# RetinaFL: `make real` runs the main job (the real sites federated), `make demo` the same on the
+# phantom, `make test` the test suite.
+# Each creates .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
