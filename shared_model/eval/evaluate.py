@@ -72,15 +72,12 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
     model.eval()
     kept, chunks, feature_chunks, skipped, pending = [], [], [], [], []
 
-    def tower_features(imgs: torch.Tensor) -> torch.Tensor:
-        return model.visual.pool(model.visual.forward_encoder(imgs, 0.0)[0]).float().cpu()
-
     def flush() -> None:
         if pending:
             imgs = to_model_input(torch.stack([p for _, p in pending]).to(device), model.input_norm)
             chunks.append(model.encode_image(imgs).float().cpu())
             if features:
-                feature_chunks.append(tower_features(imgs))
+                feature_chunks.append(model.tower_features(imgs).float().cpu())
             kept.extend(r for r, _ in pending)
             pending.clear()
 
@@ -100,7 +97,7 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
                 imgs = to_model_input(picked.to(device), model.input_norm)
                 chunks.append(model.encode_volume(imgs[None]).float().cpu())
                 if features:
-                    feature_chunks.append(tower_features(imgs).mean(0, keepdim=True))
+                    feature_chunks.append(model.tower_features(imgs).float().cpu().mean(0, keepdim=True))
                 kept.append(record)
                 continue
             pending.append((record, slices[len(slices) // 2]))

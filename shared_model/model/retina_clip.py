@@ -80,6 +80,11 @@ class RetinaCLIP(nn.Module):
         emb = self.image_proj(self.volume_pool(per_slice, slice_mask))
         return F.normalize(emb, dim=-1) if normalize else emb
 
+    def tower_features(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs: [N, 3, H, W] -> the image tower's pooled features [N, width], before any centring
+        or projection (what a linear probe of the tower and the DP feature centre use)."""
+        return self.visual.pool(self.visual.forward_encoder(imgs, 0.0)[0])
+
     def image_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Encoder tokens [N, T, width] -> pooled, batch-centred features [N, width]."""
         return self.image_norm(self.visual.pool(tokens))

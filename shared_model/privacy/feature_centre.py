@@ -57,7 +57,7 @@ def unit_feature_sum(model: torch.nn.Module, records: list[Record], record_units
     def flush() -> None:
         if pending:
             imgs = to_model_input(torch.stack([img for _, img in pending]).to(device), model.input_norm)
-            features = F.normalize(model.visual.pool(model.visual.forward_encoder(imgs, 0.0)[0]).float(), dim=-1)
+            features = F.normalize(model.tower_features(imgs).float(), dim=-1)
             weights = torch.tensor([w for w, _ in pending], device=device)
             total.add_((weights[:, None] * features).sum(0))
             pending.clear()

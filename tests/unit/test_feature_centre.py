@@ -52,7 +52,7 @@ def test_image_centre_release_sums_unit_means_and_adds_the_planned_noise(frozen_
     total = unit_feature_sum(model, records, units, 64, torch.device("cpu"))
     imgs = to_model_input(torch.stack([load_slices(r, 64)[0] for r in records]), model.input_norm)
     with torch.no_grad():
-        features = F.normalize(model.visual.pool(model.visual.forward_encoder(imgs, 0.0)[0]), dim=-1)
+        features = F.normalize(model.tower_features(imgs), dim=-1)
     by_unit = {}
     for unit, feature in zip(units, features):
         by_unit.setdefault(unit, []).append(feature)
