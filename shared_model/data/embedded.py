@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 
 def phantom_spec(cfg: PhantomDataConfig) -> PhantomSpec:
-    """The generator spec a phantom config stands for."""
+    """The generator spec a phantom config stands for (OCT volumes as the spec's defaults)."""
     return PhantomSpec(n_sites=cfg.sites, images_per_site=cfg.images_per_site, heldout_images=cfg.heldout_images,
                        image_size=cfg.image_size, seed=cfg.seed)
 
@@ -29,7 +29,9 @@ def ensure_phantom(cfg: PhantomDataConfig, progress: bool = True) -> Path:
         meta = json.loads(marker.read_text())
         found = meta.get("spec", {})
         wanted = {"n_sites": spec.n_sites, "images_per_site": spec.images_per_site,
-                  "heldout_images": spec.heldout_images, "image_size": spec.image_size, "seed": spec.seed}
+                  "heldout_images": spec.heldout_images, "image_size": spec.image_size,
+                  "seed": spec.seed, "volume_slices": spec.volume_slices,
+                  "volume_format": spec.volume_format}
         differs = {k: (found.get(k), v) for k, v in wanted.items() if found.get(k) != v}
         if meta.get("status") == "complete" and not differs:
             return root

@@ -1,5 +1,6 @@
 """Readers and preprocessing: PIL formats incl. 16-bit and grey, multi-page TIFF, DICOM
-(single and multi-frame), corrupt files, the fundus field-of-view crop and square resize."""
+(single and multi-frame, 8 and 16 bit), corrupt files, the fundus field-of-view crop and
+square resize."""
 
 import numpy as np
 import pytest
@@ -62,6 +63,22 @@ def test_dicom_single_and_multiframe(tmp_path):
     _dicom(tmp_path / "one.dcm", frames[1:2], photometric="MONOCHROME1")
     img = read_image(tmp_path / "one.dcm")
     assert img.shape == (8, 9, 1) and img.mean() == pytest.approx(1 - 2047 / 4095, abs=1e-3)
+
+
+@pytest.mark.parametrize("bits", [16, 8])
+def test_multiframe_monochrome2_dicom_values(tmp_path, bits):
+    import pydicom
+
+    top = 2 ** bits - 1
+    frames = np.random.default_rng(bits).integers(0, top + 1, (5, 7, 6))
+    frames[0, 0, 0], frames[4, 6, 5] = 0, top  # both ends of the range
+    _dicom(tmp_path / "vol.dcm", frames, bits_stored=bits)
+    ds = pydicom.dcmread(tmp_path / "vol.dcm")
+    assert int(ds.NumberOfFrames) == 5 and ds.BitsAllocated == bits and ds.PixelRepresentation == 0
+    vol = read_image(tmp_path / "vol.dcm")
+    assert vol.shape == (5, 7, 6, 1) and vol.dtype == np.float32
+    assert np.allclose(vol[..., 0], frames / top, atol=1e-7)
+    assert vol[0, 0, 0, 0] == 0.0 and vol[4, 6, 5, 0] == 1.0
 
 
 def test_dicom_colour_fundus_photograph(tmp_path):

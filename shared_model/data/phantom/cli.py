@@ -1,6 +1,7 @@
 """``retina-data``: generate the phantom data set, or draw a sample grid of one.
 
     retina-data phantom --out DIR --sites 3 --images-per-site 200 --size 64 --seed 0
+    retina-data phantom --out DIR --volume-slices 32 --volume-format dicom
     retina-data grid --phantom DIR --out grid.png
 
 :func:`add_phantom_commands` plugs both sub-commands into the ``retina-data``
@@ -10,7 +11,7 @@ parser (:mod:`shared_model.cli.data`).
 import argparse
 
 from .categories import CATEGORIES
-from .generate import PhantomSpec, generate_phantom
+from .generate import VOLUME_FORMATS, PhantomSpec, generate_phantom
 from .grid import make_grid
 
 
@@ -21,9 +22,11 @@ def run_phantom(args: argparse.Namespace) -> int:
         heldout_images=args.heldout_images, image_size=args.size, seed=args.seed,
         oct_probability=args.oct_probability, label_skew_alpha=args.alpha,
         classes=tuple(c.strip() for c in args.classes.split(",") if c.strip()),
+        volume_slices=args.volume_slices, volume_format=args.volume_format,
     )
     summary = generate_phantom(spec, args.out, overwrite=args.overwrite, progress=not args.quiet)
-    print(f"wrote {summary.n_images} images for {len(summary.sites)} sites to "
+    volumes = f" and {summary.n_volumes} OCT volumes" if summary.n_volumes else ""
+    print(f"wrote {summary.n_images} images{volumes} for {len(summary.sites)} sites to "
           f"{summary.out_dir} in {summary.seconds:.1f} s")
     return 0
 
@@ -51,6 +54,10 @@ def add_phantom_commands(commands: argparse._SubParsersAction) -> None:
                          help="Dirichlet concentration of site class priors (large = balanced)")
     phantom.add_argument("--classes", default=",".join(defaults.classes),
                          help=f"comma-separated subset of: {', '.join(CATEGORIES)}")
+    phantom.add_argument("--volume-slices", type=int, default=defaults.volume_slices,
+                         help="B-scans per OCT volume (volumes.csv beside each manifest; 0: no volumes)")
+    phantom.add_argument("--volume-format", choices=sorted(VOLUME_FORMATS), default=defaults.volume_format,
+                         help="multi-page TIFF or multi-frame DICOM (Ophthalmic Tomography)")
     phantom.add_argument("--overwrite", action="store_true",
                          help="write into a non-empty directory that is not a phantom output")
     phantom.add_argument("--quiet", action="store_true", help="no progress bar")

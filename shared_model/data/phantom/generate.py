@@ -3,11 +3,18 @@
 Layout::
 
     OUT/phantom.json                  generation parameters, domains, class priors
-    OUT/site_0/manifest.csv           one row per image (columns: MANIFEST_COLUMNS)
+    OUT/site_0/manifest.csv           one row per 2-D image (columns: MANIFEST_COLUMNS)
+    OUT/site_0/volumes.csv            one row per OCT volume (columns: VOLUME_COLUMNS)
     OUT/site_0/images/p00012_OD_CFP.png
     OUT/site_0/images/p00012_OD_OCT.png
+    OUT/site_0/images/p00012_OD_OCT_volume.tif   (.dcm with volume_format "dicom")
     ...
     OUT/heldout/manifest.csv          the held-out evaluation site, all split "test"
+
+Every eye with an OCT B-scan also gets a volume of ``volume_slices`` B-scans
+(multi-page TIFF or multi-frame DICOM) unless ``volume_slices`` is 0; the
+volumes have their own manifest so that ``manifest.csv`` is the same with or
+without them.
 
 Determinism: every random stream comes from ``SeedSequence(seed, spawn_key=...)``
 keyed by (site, purpose, eye index), so a site's data do not depend on how
@@ -35,7 +42,7 @@ from shared_model.atomic_files import write_text_atomic
 from .categories import CATEGORIES, DME_COMORBID_GRADES, check_categories
 from .domain import SiteDomain, sample_site_domain
 from .fundus import render_fundus
-from .oct import oct_shape, render_oct
+from .oct import oct_shape, render_oct, render_oct_volume
 from .reports import build_report
 
 GENERATOR_NAME = "retinafl-phantom"
@@ -45,6 +52,9 @@ HELDOUT_SITE = "heldout"
 MANIFEST_COLUMNS: tuple[str, ...] = (
     "image", "patient_id", "eye", "modality", "study_id", "labels", "report", "split", "site",
 )
+VOLUME_COLUMNS: tuple[str, ...] = MANIFEST_COLUMNS + ("frames",)
+VOLUME_FORMATS = {"tiff": ".tif", "dicom": ".dcm"}  # volume_format -> file suffix
+MAX_VOLUME_SLICES = 64
 _SITE_DIR = re.compile(r"^(site_\d+|heldout)$")
 
 
@@ -65,6 +75,8 @@ class PhantomSpec:
     two_eye_probability: float = 0.5  # chance that a patient contributes both eyes
     dme_comorbidity: float = 0.2  # chance that a moderate/severe/proliferative DR eye also has DME
     min_class_prior: float = 0.01  # floor on every class prior so each class appears at every site
+    volume_slices: int = 16  # B-scans per OCT volume; 0 = no volumes
+    volume_format: str = "tiff"  # "tiff" (multi-page) or "dicom" (multi-frame)
 
     def __post_init__(self) -> None:
         check_categories(self.classes)
@@ -81,6 +93,12 @@ class PhantomSpec:
                 f"split_fractions must be >= 0 and sum to 1, got {self.split_fractions}")
         if self.min_class_prior * len(self.classes) >= 1.0:
             raise ValueError("min_class_prior times the number of classes must stay below 1")
+        if self.volume_slices != 0 and not 2 <= self.volume_slices <= MAX_VOLUME_SLICES:
+            raise ValueError(f"volume_slices must be 0 (no volumes) or 2..{MAX_VOLUME_SLICES}, "
+                             f"got {self.volume_slices}")
+        if self.volume_format not in VOLUME_FORMATS:
+            raise ValueError(f"volume_format must be one of {sorted(VOLUME_FORMATS)}, "
+                             f"got {self.volume_format!r}")
 
 
 @dataclass(frozen=True)
@@ -126,8 +144,10 @@ class SiteSummary:
     name: str
     manifest: Path
     n_patients: int
-    n_images: int
+    n_images: int  # 2-D images, the rows of ``manifest``
     class_counts: dict[str, int] = field(default_factory=dict)
+    volumes: Path | None = None  # the volume manifest; None when the spec has no volumes
+    n_volumes: int = 0
 
 
 @dataclass(frozen=True)
@@ -140,8 +160,13 @@ class PhantomSummary:
 
     @property
     def n_images(self) -> int:
-        """Image files written over all sites."""
+        """2-D image files written over all sites."""
         return sum(site.n_images for site in self.sites)
+
+    @property
+    def n_volumes(self) -> int:
+        """OCT volume files written over all sites."""
+        return sum(site.n_volumes for site in self.sites)
 
 
 def site_names(spec: PhantomSpec) -> list[str]:
@@ -247,6 +272,7 @@ def _prepare_out_dir(out_dir: Path, overwrite: bool) -> None:
 
 def _marker(spec: PhantomSpec, plans: list[SitePlan], status: str) -> str:
     height, width = oct_shape(spec.image_size)
+    volumes = spec.volume_slices > 0
     body = {
         "generator": GENERATOR_NAME,
         "version": GENERATOR_VERSION,
@@ -254,16 +280,23 @@ def _marker(spec: PhantomSpec, plans: list[SitePlan], status: str) -> str:
         "spec": asdict(spec),
         "cfp_shape": [spec.image_size, spec.image_size],
         "oct_shape": [height, width],
+        "volume_shape": [spec.volume_slices, height, width] if volumes else None,
         "conventions": {
             "laterality": "OD: optic disc right of the fovea in the image; OS: left",
             "oct_labels": "an OCT carries the labels of its eye, also for diseases it cannot show",
             "images_per_site": "counts eyes; each eye has one CFP and optionally one OCT",
             "study_id": "one per eye and visit: pairs the CFP and OCT of that eye",
+            "volumes": "each eye with an OCT also has an OCT volume (volumes.csv, frames = "
+                       "slices): horizontal B-scans from superior (slice 0) to inferior, "
+                       "centred on the fovea, same eye geometry in every slice; focal "
+                       "lesions show in some slices only, diffuse signs in all",
         },
         "sites": [{
             "name": plan.name,
             "heldout": plan.heldout,
             "manifest": f"{plan.name}/manifest.csv",
+            "volumes": f"{plan.name}/volumes.csv" if volumes else None,
+            "n_volumes": sum(e.with_oct for e in plan.eyes) if volumes else 0,
             "n_patients": plan.n_patients,
             "n_eyes": len(plan.eyes),
             "n_images": len(plan.eyes) + sum(e.with_oct for e in plan.eyes),
@@ -285,11 +318,54 @@ def _progress(enabled: bool):
                     MofNCompleteColumn(), TimeRemainingColumn())
 
 
+def _save_tiff(path: Path, volume: np.ndarray) -> None:
+    # Uncompressed: speckle barely compresses (deflate saves ~10% and takes twice as long).
+    pages = [Image.fromarray(scan) for scan in volume]
+    pages[0].save(path, format="TIFF", save_all=True, append_images=pages[1:], compression="raw")
+
+
+def _save_dicom(path: Path, volume: np.ndarray, spec: PhantomSpec, common: dict[str, str]) -> None:
+    """Multi-frame Ophthalmic Tomography DICOM; UIDs derive from the seed and study, so the
+    same spec writes the same bytes."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, OphthalmicTomographyImageStorage, generate_uid
+
+    def uid(purpose: str) -> str:
+        return generate_uid(entropy_srcs=[GENERATOR_NAME, str(spec.seed), common["study_id"],
+                                          purpose])
+
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.file_meta.MediaStorageSOPClassUID = OphthalmicTomographyImageStorage
+    ds.file_meta.MediaStorageSOPInstanceUID = uid("instance")
+    ds.SOPClassUID = OphthalmicTomographyImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = uid("study"), uid("series")
+    ds.Modality, ds.Manufacturer = "OPT", GENERATOR_NAME
+    ds.PatientID = ds.PatientName = common["patient_id"]
+    ds.Laterality = ds.ImageLaterality = "R" if common["eye"] == "OD" else "L"
+    ds.SeriesNumber, ds.InstanceNumber = 1, 1
+    ds.ImageType = ["ORIGINAL", "PRIMARY"]
+    ds.set_pixel_data(volume, "MONOCHROME2", 8, generate_instance_uid=False)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def _csv(columns: tuple[str, ...], rows: list[dict[str, str]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
 def render_site(spec: PhantomSpec, plan: SitePlan, site_dir: Path, advance=None) -> SiteSummary:
-    """Render and write one site's images, then its manifest; ``advance()`` is called per eye."""
+    """Render and write one site's images and volumes, then its manifests; ``advance()`` is
+    called per eye."""
     images = site_dir / "images"
     images.mkdir(parents=True, exist_ok=True)
     rows: list[dict[str, str]] = []
+    volume_rows: list[dict[str, str]] = []
     for eye in plan.eyes:
         cfp_rng, oct_rng, report_rng = (np.random.default_rng(s) for s in
                                         _seed(spec, plan.name, 3, eye.index).spawn(3))
@@ -307,15 +383,29 @@ def render_site(spec: PhantomSpec, plan: SitePlan, site_dir: Path, advance=None)
             Image.fromarray(pixels).save(site_dir / relative, format="PNG", compress_level=3)
             rows.append({"image": relative, "modality": modality,
                          "report": build_report(findings, report_rng), **common})
+        if eye.with_oct and spec.volume_slices > 0:
+            # Own spawn key (4): the streams of the 2-D images above stay as they were.
+            volume_rng, volume_report_rng = (np.random.default_rng(s) for s in
+                                             _seed(spec, plan.name, 4, eye.index).spawn(2))
+            volume, findings = render_oct_volume(volume_rng, eye.labels, eye.eye,
+                                                 spec.image_size, plan.domain, spec.volume_slices)
+            relative = f"images/{stem}_OCT_volume{VOLUME_FORMATS[spec.volume_format]}"
+            if spec.volume_format == "dicom":
+                _save_dicom(site_dir / relative, volume, spec, common)
+            else:
+                _save_tiff(site_dir / relative, volume)
+            volume_rows.append({"image": relative, "modality": "OCT",
+                                "report": build_report(findings, volume_report_rng),
+                                "frames": str(len(volume)), **common})
         if advance is not None:
             advance()
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=MANIFEST_COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    write_text_atomic(site_dir / "manifest.csv", buffer.getvalue())
+    write_text_atomic(site_dir / "manifest.csv", _csv(MANIFEST_COLUMNS, rows))
+    volumes = None
+    if spec.volume_slices > 0:
+        volumes = site_dir / "volumes.csv"
+        write_text_atomic(volumes, _csv(VOLUME_COLUMNS, volume_rows))
     return SiteSummary(plan.name, site_dir / "manifest.csv", plan.n_patients, len(rows),
-                       plan.class_counts())
+                       plan.class_counts(), volumes, len(volume_rows))
 
 
 def generate_phantom(spec: PhantomSpec, out_dir: str | Path, *, overwrite: bool = False,

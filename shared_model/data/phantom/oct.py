@@ -1,11 +1,21 @@
-"""Procedural macular OCT B-scan: a horizontal line through the fovea, grey, Spectralis-like.
+"""Procedural macular OCT: B-scans through the fovea and volumes (rasters of B-scans), grey,
+Spectralis-like.
 
-The scan is ``size`` wide and ``round(size * 496 / 512)`` high (Spectralis
+A B-scan is ``size`` wide and ``round(size * 496 / 512)`` high (Spectralis
 aspect).  Retinal bands are stacked upwards from Bruch's membrane with
 thickness profiles that dip at the foveal pit, and are rasterised with exact
 partial-pixel coverage, so thin bands blend correctly at 64 px instead of
 aliasing.  Nasal is image-right for a right eye (OD), as on the fundus image.
+
+A volume is a square raster of horizontal B-scans at vertical offsets -1
+(superior) .. 1 (inferior), centred on the fovea: the same eye
+geometry in every slice, the foveal pit fading away from the centre, each
+focal lesion at its own height so that only some slices show it, and speckle
+drawn afresh per slice.
 """
+
+import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -38,6 +48,15 @@ _REFLECTIVITY = np.array([r for _, r in _BANDS], np.float32)
 # Retinal bands drawn 1.25x their true share of a 1.9 mm deep scan, so that
 # the thin plexiform layers still show at 64 px.
 _THICKNESS_SCALE = 1.25
+# The volume raster is as tall as it is wide: offsets -1 and 1 lie half a scan width from the
+# fovea.
+_RASTER_HALF_HEIGHT = 0.5
+_PIT_FADE = 0.3  # vertical offset over which the foveal pit flattens out
+# A focal lesion is drawn at its presence exp(-((v - v_l) / extent)^2) times full size in the
+# slices where that presence reaches this floor, and left out of the others.
+_PRESENCE_FLOOR = 0.3
+
+Presence = Callable[[str, int], np.ndarray]
 
 
 def oct_shape(size: int) -> tuple[int, int]:
@@ -53,21 +72,33 @@ def _bumps(u: np.ndarray, centres: np.ndarray, heights: np.ndarray, widths: np.n
 
 
 def _soft_ellipses(xx: np.ndarray, yy: np.ndarray, cx: np.ndarray, cy: np.ndarray,
-                   rx: np.ndarray, ry: np.ndarray) -> np.ndarray:
-    """Union of anti-aliased filled ellipses (all arguments in pixels) as coverage [H, W]."""
+                   rx: np.ndarray, ry: np.ndarray, opacity: np.ndarray) -> np.ndarray:
+    """Union of anti-aliased filled ellipses (all but ``opacity`` in pixels) as coverage [H, W]."""
     out = np.zeros(xx.shape, np.float32)
     height, width = xx.shape
-    for x, y, a, b in zip(cx, cy, rx, ry):
+    for x, y, a, b, alpha in zip(cx, cy, rx, ry, opacity):
         rows = slice(max(int(y - b - 1), 0), min(int(y + b + 2), height))
         cols = slice(max(int(x - a - 1), 0), min(int(x + a + 2), width))
         d = np.sqrt(((xx[rows, cols] - x) / a) ** 2 + ((yy[rows, cols] - y) / b) ** 2)
-        np.maximum(out[rows, cols], np.clip((1.0 - d) * min(a, b) + 0.5, 0.0, 1.0),
+        np.maximum(out[rows, cols], np.clip((1.0 - d) * min(a, b) + 0.5, 0.0, 1.0) * float(alpha),
                    out=out[rows, cols])
     return out
 
 
+def _fully_present(kind: str, count: int) -> np.ndarray:
+    """Presence for a single B-scan: every lesion drawn at full size."""
+    return np.ones(count)
+
+
+def slice_offsets(n_slices: int) -> np.ndarray:
+    """Vertical offsets of the B-scans of a volume: -1 (superior) .. 1 (inferior)."""
+    return np.linspace(-1.0, 1.0, n_slices)
+
+
 def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size: int,
-               domain: SiteDomain = NEUTRAL_DOMAIN) -> tuple[np.ndarray, Findings]:
+               domain: SiteDomain = NEUTRAL_DOMAIN, *, offset: float = 0.0,
+               presence: Presence = _fully_present,
+               noise_rng: np.random.Generator | None = None) -> tuple[np.ndarray, Findings]:
     """Render one B-scan: uint8 [H, W] grey image and the findings actually drawn.
 
     Visible correlates: ``amd`` drusen (RPE bumps); ``dme`` thickening,
@@ -76,6 +107,13 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     thin nerve fibre and ganglion cell layers; ``pathologic_myopia`` a steep
     staphyloma with thin choroid; ``cataract`` a weak, grainy signal;
     ``hypertensive_retinopathy`` focal nerve fibre swelling.
+
+    The defaults give the line scan through the fovea.  For a slice of a
+    volume, ``offset`` is its vertical position (flattening the foveal pit),
+    ``presence(kind, count)`` gives each focal lesion of ``kind`` ("drusen",
+    "intraretinal_cyst", "hyperreflective_focus", "subretinal_fluid",
+    "preretinal_membrane", "rnfl_swelling") a size factor in [0, 1] (0: not in
+    this slice), and ``noise_rng`` draws the speckle instead of ``rng``.
     """
     check_categories(labels)
     check_eye(eye)
@@ -87,9 +125,15 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     lesions: list[Lesion] = []
     signs: list[str] = []
     grade = next((label for label in labels if label in DR_RETINOPATHY_GRADES), None)
+    noise = rng if noise_rng is None else noise_rng
+
+    def region(x: float) -> str:
+        off_centre = math.hypot(x - uc, _RASTER_HALF_HEIGHT * offset)
+        return "central" if off_centre < 0.1 else "parafoveal"
 
     # --- thickness profiles, fractions of the height --------------------------
-    pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2)
+    pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2) * math.exp(
+        -(offset / _PIT_FADE) ** 2)
     towards_disc = 1.0 / (1.0 + np.exp(-nasal * (u - uc) / 0.08))
     inner = 1.0
     if "glaucoma" in labels:
@@ -124,20 +168,26 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
         h = np.maximum(rng.uniform(0.015, 0.035, n) * height, 1.6) / height
         centres = uc + rng.uniform(-0.28, 0.28, n)
         spread = rng.uniform(0.012, 0.03, n)
-        thick["drusen"] = _bumps(u, centres, h, spread)
+        shown = presence("drusen", n)
+        drawn = shown > 0
+        thick["drusen"] = _bumps(u, centres[drawn], (h * shown)[drawn], spread[drawn])
         lesions.extend(Lesion("drusen", float(c), float(depth * height / width), float(w),
-                              "central" if abs(c - uc) < 0.1 else "parafoveal")
-                       for c, w in zip(centres, spread))
-        signs.append("drusen")
+                              region(c)) for c, w in zip(centres[drawn], spread[drawn]))
+        if drawn.any():
+            signs.append("drusen")
     if (grade == "pdr" or "dme" in labels) and rng.uniform() < 0.3:
         h = max(rng.uniform(0.02, 0.045) * height, 1.5) / height
         centre, spread = uc + rng.uniform(-0.05, 0.05), rng.uniform(0.06, 0.1)
-        thick["srf"] = h * np.exp(-((u - centre) / spread) ** 2)
-        signs.append("subretinal_fluid")
+        shown = float(presence("subretinal_fluid", 1)[0])
+        if shown > 0:
+            thick["srf"] = h * shown * np.exp(-((u - centre) / spread) ** 2)
+            signs.append("subretinal_fluid")
     if "hypertensive_retinopathy" in labels and rng.uniform() < 0.6:
         uh = uc + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.35)
-        thick["rnfl"] = thick["rnfl"] + 0.02 * np.exp(-((u - uh) / 0.04) ** 2)
-        signs.append("rnfl_swelling")
+        shown = float(presence("rnfl_swelling", 1)[0])
+        if shown > 0:
+            thick["rnfl"] = thick["rnfl"] + 0.02 * shown * np.exp(-((u - uh) / 0.04) ** 2)
+            signs.append("rnfl_swelling")
 
     # --- boundaries in pixel rows, stacked up from Bruch's membrane ------------
     tilt = domain.oct_tilt + rng.uniform(-0.03, 0.03)
@@ -166,11 +216,14 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
         top, bottom = boundaries[3, cols], boundaries[6, cols]  # IPL top .. ONL top
         fy = top + rng.uniform(0.0, 1.0, count) * (bottom - top)
         r = np.full(count, max(0.005 * width, 0.7))
-        img[...] = np.maximum(img, 0.85 * _soft_ellipses(xx, yy, fu * width, fy, r, r))
+        shown = presence("hyperreflective_focus", count)
+        drawn = shown > 0
+        fu, fy, r, shown = fu[drawn], fy[drawn], r[drawn], shown[drawn]
+        img[...] = np.maximum(img, 0.85 * _soft_ellipses(xx, yy, fu * width, fy, r, r, shown))
         lesions.extend(Lesion("hyperreflective_focus", float(a), float(b) / width,
-                              float(r[0]) / width, "central" if abs(a - uc) < 0.1 else "parafoveal")
-                       for a, b in zip(fu, fy))
-        signs.append("hyperreflective_foci")
+                              float(c) / width, region(a)) for a, b, c in zip(fu, fy, r))
+        if drawn.any():
+            signs.append("hyperreflective_foci")
 
     if "dme" in labels:
         n = int(rng.integers(3, 8))
@@ -180,11 +233,15 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
         ry = np.maximum((bottom - top) * rng.uniform(0.25, 0.45, n), 0.9)
         cy = top + ry + rng.uniform(0.0, 1.0, n) * np.maximum(bottom - top - 2 * ry, 0.0)
         rx = np.maximum(rng.uniform(0.03, 0.06, n) * width, 1.0)
-        cysts = _soft_ellipses(xx, yy, cu * width, cy, rx, ry)
+        shown = presence("intraretinal_cyst", n)
+        drawn = shown > 0
+        # Size and darkness both shrink towards the edge of a cyst's vertical extent.
+        cu, cy, shown = cu[drawn], cy[drawn], shown[drawn]
+        rx, ry = rx[drawn] * shown, ry[drawn] * shown
+        cysts = _soft_ellipses(xx, yy, cu * width, cy, rx, ry, shown)
         img = img * (1.0 - cysts) + 0.03 * cysts
         lesions.extend(Lesion("intraretinal_cyst", float(a), float(b) / width, float(c) / width,
-                              "central" if abs(a - uc) < 0.1 else "parafoveal")
-                       for a, b, c in zip(cu, cy, rx))
+                              region(a)) for a, b, c in zip(cu, cy, rx))
         add_foci(int(rng.integers(3, 9)))
     elif grade is not None:
         add_foci(int(rng.integers(*{"mild_npdr": (0, 3), "moderate_npdr": (2, 6),
@@ -196,11 +253,13 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
         span = (u > u0) & (u < u1)
         arch = np.sin(np.pi * np.clip((u - u0) / (u1 - u0), 0.0, 1.0))
         lift = rng.uniform(0.03, 0.06) * height * arch
-        line_y = ilm - lift - 0.5
-        thickness = max(0.006 * height, 0.8)
-        membrane = np.clip(1.0 - np.abs(yy - line_y[None]) / thickness, 0.0, 1.0) * span[None]
-        img = np.maximum(img, 0.7 * membrane)
-        signs.append("preretinal_membrane")
+        shown = float(presence("preretinal_membrane", 1)[0])
+        if shown > 0:
+            line_y = ilm - lift * shown - 0.5
+            thickness = max(0.006 * height, 0.8)
+            membrane = np.clip(1.0 - np.abs(yy - line_y[None]) / thickness, 0.0, 1.0) * span[None]
+            img = np.maximum(img, 0.7 * shown * membrane)
+            signs.append("preretinal_membrane")
 
     # Retinal vessels in the ganglion cell layer cast shadows down to the choroid.
     n_vessels = int(rng.integers(3, 6))
@@ -211,7 +270,7 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     column = np.clip(1.0 - np.abs(xx[None] - (vu * width)[:, None, None]) / vr[:, None, None], 0, 1)
     shadow = (column * (yy[None] > vy[:, None, None])).max(0)
     img = img * (1.0 - 0.55 * shadow)
-    img = np.maximum(img, 0.7 * _soft_ellipses(xx, yy, vu * width, vy, vr, vr))
+    img = np.maximum(img, 0.7 * _soft_ellipses(xx, yy, vu * width, vy, vr, vr, np.ones(n_vessels)))
 
     # --- acquisition: speckle, A-scan brightness, blur, gain ----------------------
     signal = 1.0
@@ -221,8 +280,8 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     if "cataract" in labels:
         signal, speckle_shape, blur = 0.55, speckle_shape * 0.6, blur + 0.005 * width
         signs.append("signal_attenuation")
-    img = img * (1.0 + 0.08 * smooth_noise(rng, 1, width, 12))
-    img = img * rng.gamma(speckle_shape, 1.0 / speckle_shape, img.shape) + 0.05 * rng.gamma(
+    img = img * (1.0 + 0.08 * smooth_noise(noise, 1, width, 12))
+    img = img * noise.gamma(speckle_shape, 1.0 / speckle_shape, img.shape) + 0.05 * noise.gamma(
         2.0, 0.5, img.shape)
     if blur > 0:
         img = ndimage.gaussian_filter(img, (0.5 * blur, blur))
@@ -237,3 +296,72 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
                 "fovea_x": round(float(uc), 4)},
     )
     return out, findings
+
+
+class _LesionHeights:
+    """Vertical position and extent of each focal lesion of a volume, drawn the first time a
+    lesion kind is rendered (slices replay the same geometry, so they ask in the same order)."""
+
+    def __init__(self, rng: np.random.Generator) -> None:
+        self._rng = rng
+        self.placed: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+
+    def presence(self, kind: str, count: int, offset: float | np.ndarray) -> np.ndarray:
+        """Size factors of the ``count`` lesions of ``kind`` at ``offset`` ([..., count])."""
+        if kind not in self.placed:
+            centre = np.clip(self._rng.normal(0.0, 0.35, count), -0.9, 0.9)
+            self.placed[kind] = centre, self._rng.uniform(0.1, 0.25, count)
+        centre, extent = self.placed[kind]
+        shown = np.exp(-((np.asarray(offset)[..., None] - centre) / extent) ** 2)
+        return np.where(shown >= _PRESENCE_FLOOR, shown, 0.0)
+
+
+def render_oct_volume(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size: int,
+                      domain: SiteDomain = NEUTRAL_DOMAIN, n_slices: int = 16
+                      ) -> tuple[np.ndarray, Findings]:
+    """Render a macular volume: uint8 [S, H, W] raster of horizontal B-scans and its findings.
+
+    Slice ``i`` is :func:`render_oct` at offset ``slice_offsets(n_slices)[i]``
+    with the same geometry stream in every slice.  The streams come from
+    ``SeedSequence(rng.integers(2**63)).spawn(2 + n_slices)``: geometry,
+    lesion heights, then one speckle stream per slice.  The findings hold
+    every lesion and sign seen in any slice (a lesion as drawn in the slice
+    nearest its centre), ``extras["lesion_slices"]`` maps each focal lesion
+    kind to the slice indices that show it, and ``central_thickness`` is
+    measured in the slice nearest the fovea (``extras["central_slice"]``).
+    """
+    if n_slices < 2:
+        raise ValueError(f"a volume needs at least 2 slices, got {n_slices}")
+    geometry, heights_seed, *noise_seeds = np.random.SeedSequence(
+        int(rng.integers(2**63))).spawn(2 + n_slices)
+    heights = _LesionHeights(np.random.default_rng(heights_seed))
+    offsets = slice_offsets(n_slices)
+    scans, per_slice = [], []
+    for offset, noise_seed in zip(offsets, noise_seeds):
+        scan, findings = render_oct(
+            np.random.default_rng(geometry), labels, eye, size, domain, offset=float(offset),
+            presence=lambda kind, count, v=float(offset): heights.presence(kind, count, v),
+            noise_rng=np.random.default_rng(noise_seed))
+        scans.append(scan)
+        per_slice.append(findings)
+
+    lesions: list[Lesion] = []
+    lesion_slices: dict[str, list[int]] = {}
+    for kind, (centre, _) in heights.placed.items():
+        shown = heights.presence(kind, len(centre), offsets)  # [S, count]
+        if shown.any():
+            lesion_slices[kind] = np.flatnonzero(shown.any(1)).tolist()
+        for j in range(len(centre)):
+            best = int(np.argmax(shown[:, j]))
+            drawn = [lesion for lesion in per_slice[best].lesions if lesion.kind == kind]
+            if shown[best, j] > 0 and drawn:  # kinds without a Lesion record are signs only
+                lesions.append(drawn[int((shown[best, :j] > 0).sum())])
+    signs = list(dict.fromkeys(s for f in per_slice for s in f.signs if s != "normal_layers"))
+    central = int(np.argmin(np.abs(offsets)))
+    findings = Findings(
+        modality="OCT", eye=eye, labels=tuple(labels), lesions=tuple(lesions),
+        signs=tuple(signs or ["normal_layers"]),
+        extras={**per_slice[central].extras, "central_slice": central, "n_slices": n_slices,
+                "lesion_slices": lesion_slices},
+    )
+    return np.stack(scans), findings

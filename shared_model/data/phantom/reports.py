@@ -143,11 +143,19 @@ def _cfp_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
 
 def _oct_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
     side = _SIDE[f.eye]
-    out = [_pick(rng, (
-        f"Macular OCT B-scan of the {side} eye.",
-        f"Spectral-domain OCT, horizontal line scan through the fovea, {side} eye.",
-        f"OCT of the {side} macula ({f.eye}).",
-    ))]
+    if "n_slices" in f.extras:  # a volume: a raster of B-scans across the macula
+        n = f.extras["n_slices"]
+        out = [_pick(rng, (
+            f"Macular OCT volume of the {side} eye, {n} B-scans.",
+            f"Spectral-domain OCT macular cube, {n} horizontal B-scans, {side} eye.",
+            f"OCT volume scan of the {side} macula ({f.eye}).",
+        ))]
+    else:
+        out = [_pick(rng, (
+            f"Macular OCT B-scan of the {side} eye.",
+            f"Spectral-domain OCT, horizontal line scan through the fovea, {side} eye.",
+            f"OCT of the {side} macula ({f.eye}).",
+        ))]
     signs = set(f.signs)
     if "signal_attenuation" in signs:
         out.append(_pick(rng, ("Weak, grainy signal consistent with media opacity.",
