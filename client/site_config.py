@@ -27,6 +27,6 @@ def site_from_node_config(node_config: dict, cfg: FederationAppConfig) -> Site:
             raise ValueError(f"simulated site {index} has no manifest: {len(manifests)} configured "
                              "(federation.site_manifests / federation.sites)")
         name = f"site_{index}"
-        return Site(name, [manifests[index]], Path(cfg.run_dir) / "sites" / name, cfg.train.device)
+        return Site(name, manifests[index], Path(cfg.run_dir) / "sites" / name, cfg.train.device)
     raise ValueError(f"node config {dict(node_config)} names no site: give manifest=\"/path/site.csv\" "
                      "(and site-name, state-dir, device) to the SuperNode")

@@ -141,7 +141,7 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
     expected.check(site.name, model)
     load_exchanged_state_dict(model, global_state)
     objective = EyeCLIPObjective(app.loss, app.model.mae.norm_pix_loss)
-    dataset = build_training_dataset(records, app)
+    dataset = build_training_dataset(records, app, site.name)
     proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
     total_steps = app.federation.rounds * app.train.steps
     session = open_privacy(app, site, model, records, total_steps)
@@ -172,8 +172,10 @@ def train_round(app: FederationAppConfig, site: Site, global_state: dict[str, to
         # Losses and the number of sampled images are computed on the records without noise: not sent.
         del metrics["images"]
     else:
-        # Only the terms this model computed: a CNN tower has no MAE term, single-modality data no pairs.
+        # Only the terms computed in this round (each a mean over the steps that computed it): a CNN
+        # tower has no MAE term, a site without a second modality no cross-modality pairs.
         metrics.update({f"loss.{name}": float(value) for name, value in stats.losses.items()})
+        metrics.update({"anchors": stats.anchors, "paired-anchors": stats.paired})
     trainer.save_state(_state_folder(site, server_round))
     _prune_states(site)
     return RoundResult.of(model, metrics, privacy)

@@ -94,3 +94,20 @@ class StreamingFedAvg(_StreamingMean, FedAvg):
 
 class StreamingFedProx(_StreamingMean, FedProx):
     """Flower's FedProx, aggregating with :func:`weighted_mean`."""
+
+
+def mean_of_reported(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
+    """The weighted mean of each reply metric over the replies that report it. Flower's default
+    divides by every reply's weight, so a loss term that a site did not compute (no modality
+    pairs there) would be pulled towards 0 as if that site had computed 0."""
+    sums: dict[str, float] = {}
+    weights: dict[str, float] = {}
+    for record in records:
+        metrics = next(iter(record.metric_records.values()))
+        weight = float(metrics[weighting_metric_name])
+        for key, value in metrics.items():
+            if key == weighting_metric_name or isinstance(value, list):
+                continue
+            sums[key] = sums.get(key, 0.0) + weight * float(value)
+            weights[key] = weights.get(key, 0.0) + weight
+    return MetricRecord({key: sums[key] / weights[key] for key in sums if weights[key] > 0})

@@ -77,11 +77,15 @@ def sites_summary(record: dict) -> tuple[str, str]:
 
 def round_row(record: dict, seconds: float) -> str:
     """One printable line (80 columns for a few sites): each site's loss (ε under DP-SGD), the
-    aggregate's zero-shot ACA, time, bytes moved."""
-    aca = ", ".join(f"{task} ACA {v['aca']:.3f}" for task, v in (record["server_eval"] or {}).items())
+    aggregate's zero-shot ACA per task (named by modality alone when there is one set), time,
+    bytes moved."""
+    evals = record["server_eval"] or {}
+    one_set = len({task.split("/")[0] for task in evals}) == 1
+    aca = " ".join(f"{task.split('/')[-1] if one_set else task} {v['aca']:.3f}" for task, v in evals.items())
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
     label, sites = sites_summary(record)
-    return f"round {record['round']}  {label} {sites}  {aca or 'not evaluated'}  {seconds:.0f} s  {moved:.0f} MiB"
+    shown = f"ACA {aca}" if aca else "not evaluated"
+    return f"round {record['round']}  {label} {sites}  {shown}  {seconds:.0f} s  {moved:.0f} MiB"
 
 
 def _drop_metrics_after(path: Path, last_round: int) -> None:

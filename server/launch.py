@@ -34,7 +34,8 @@ def with_absolute_paths(cfg: FederationAppConfig) -> FederationAppConfig:
                    data=replace(cfg.data, manifests=[absolute(m) for m in cfg.data.manifests]),
                    eval=replace(cfg.eval, sets=sets),
                    federation=replace(cfg.federation,
-                                      site_manifests=[absolute(m) for m in cfg.federation.site_manifests]))
+                                      site_manifests=[",".join(absolute(part) for part in m.split(","))
+                                                      for m in cfg.federation.site_manifests]))
 
 
 def _run_deadline(cfg: FederationAppConfig) -> float:

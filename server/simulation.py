@@ -36,7 +36,7 @@ def run_simulation(cfg: FederationAppConfig, console: Console | None = None) -> 
     if cfg.phantom.ensure:
         ensure_phantom(cfg.phantom)
     sites = simulated_site_manifests(cfg)
-    missing = [m for m in sites if not Path(m).is_file()]
+    missing = [m for site in sites for m in site if not Path(m).is_file()]
     if missing:
         raise FileNotFoundError(f"site manifest(s) not found: {', '.join(missing)}")
     extra = {"FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(free_port()), "FLWR_LOCAL_CONTROL_API_PORT": str(free_port())}

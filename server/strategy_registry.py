@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from flwr.serverapp.strategy import FedAdam, FedMedian, FedTrimmedAvg, FedYogi, Krum, Strategy
 
-from server.aggregation import StreamingFedAvg, StreamingFedProx
+from server.aggregation import StreamingFedAvg, StreamingFedProx, mean_of_reported
 from shared_model.config import FederationConfig, StrategyConfig
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian", "krum")
@@ -24,7 +24,8 @@ def build_strategy(cfg: StrategyConfig, fed: FederationConfig, weighted_by_key: 
     replies are weighted by their ``weighted_by_key`` metric."""
     common = {"fraction_train": cfg.fraction_train, "fraction_evaluate": cfg.fraction_evaluate,
               "min_train_nodes": fed.min_sites, "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
-              "min_available_nodes": fed.min_available, "weighted_by_key": weighted_by_key}
+              "min_available_nodes": fed.min_available, "weighted_by_key": weighted_by_key,
+              "train_metrics_aggr_fn": mean_of_reported}
     server_opt = {"eta": cfg.server_lr, "eta_l": cfg.server_lr_local, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2,
                   "tau": cfg.tau}
     builders = {

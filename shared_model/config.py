@@ -84,8 +84,12 @@ class ModelConfig:
     # 'shared': one masked pass feeds both MAE and contrast (FLIP, ~1/(1-mask_ratio) cheaper);
     # 'separate': an extra unmasked pass gives the contrastive embedding (no train/test gap).
     contrast_pass: str = "shared"
-    # Slice-attention pooling for OCT volumes (RadCLIP-style); 0 disables the adapter.
+    # OCT volumes: B-scans pooled into one embedding by the slice adapter, trained through it
+    # (model/slice_pooling.py). volume_max_slices is the size of the slice position table (at most
+    # that many slices of a volume are embedded); 0: no adapter, a volume trains one random B-scan
+    # and is evaluated on its central one. volume_pooling: 'attention' (RadCLIP) or 'mean'.
     volume_max_slices: int = 0
+    volume_pooling: str = "attention"
     volume_heads: int = 4
     # Opacus' ModuleValidator fixes applied at build time (BatchNorm centring -> GroupNorm), so
     # DP-SGD sees no layer that mixes examples. Set automatically when privacy.mode=dp-sgd.
@@ -131,6 +135,8 @@ class EvalConfig:
     kshot: list[int] = field(default_factory=lambda: [1, 4])
     kshot_trials: int = 5
     retrieval: bool = True
+    # Between the modalities of a set: each image retrieves the same eye's image of the other modality.
+    cross_modal_retrieval: bool = True
     batch_size: int = 64
     seed: int = 0
 
@@ -144,7 +150,14 @@ class DataConfig:
     # 'caption': built from labels with the expert-knowledge dictionary; 'report': the row's report;
     # 'mixed': either, with equal probability.
     text_source: str = "mixed"
+    # EyeCLIP's cross-modality contrast (loss.image_image) pairs each image with another modality of
+    # the same eye, across all of a site's manifests (data/pairing.py). pair_by: 'eye' (patient and
+    # eye), 'study' (also the same study id) or 'patient' (across the eyes of a patient: only on request).
     pair_modalities: bool = True
+    pair_by: str = "eye"
+    # A model with the slice adapter (model.volume_max_slices > 0) trains each OCT volume through it
+    # from this many of its slices, drawn at random each time (0: up to volume_max_slices, all of them).
+    volume_slices: int = 8
     augment: bool = True
     # Class-balanced sampling: each image is drawn with weight n_c ** -class_balance (n_c: its
     # primary label's count at this site). 0: the data's own frequencies; 0.5: square-root

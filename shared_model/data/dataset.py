@@ -1,4 +1,5 @@
-"""The training/evaluation data set over manifest records, with modality pairing and captions.
+"""The training/evaluation data set over manifest records, with modality pairing, captions and
+OCT volumes (as one B-scan, or as slices for the slice adapter).
 
 Every random choice of a sample (augmentation, caption wording, partner, volume slice) is drawn
 from a generator seeded by the sampler with ``(run seed, epoch, position)``, so an epoch is the
@@ -19,8 +20,10 @@ from torch.utils.data import Dataset, Sampler
 
 from shared_model.data.augment import augment_batch, draw_params
 from shared_model.data.manifest import Record
+from shared_model.data.pairing import modality_partners, summarise_pairs
 from shared_model.data.preprocess import prepare_image, to_model_input
 from shared_model.data.readers import ImageReadError, read_image
+from shared_model.model.slice_pooling import SliceLayout, slice_positions
 from shared_model.prompts.captions import build_caption
 
 log = logging.getLogger(__name__)
@@ -36,23 +39,52 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 
 def load_slices(record: Record, size: int) -> torch.Tensor:
     """All frames of a record as [S, 3, size, size] in [0, 1] (a 2-D image gives S = 1)."""
+    return torch.stack([prepare_image(frame, record.modality, size) for frame in read_frames(record, size)])
+
+
+def read_frames(record: Record, size: int) -> np.ndarray:
+    """A record's decoded frames [S, H, W, C]; a volume whose frame count differs from its
+    manifest's ``frames`` is unreadable (:class:`ImageReadError` naming the file)."""
     img = read_image(record.image, size)
     frames = img if img.ndim == 4 else img[None]
-    return torch.stack([prepare_image(frame, record.modality, size) for frame in frames])
+    if record.is_volume and len(frames) != record.frames:
+        raise ImageReadError(f"{record.image}: the manifest ({record.source}, row {record.row}) says "
+                             f"{record.frames} frames, the file has {len(frames)}")
+    return frames
+
+
+def volume_slices(n_frames: int, k: int, gen: torch.Generator | None) -> torch.Tensor:
+    """Which slices of a volume of ``n_frames`` to embed (sorted indices): ``k`` drawn at random
+    in training (``gen``), ``k`` evenly spaced otherwise; all of them when ``k`` >= ``n_frames``."""
+    if k >= n_frames:
+        return torch.arange(n_frames)
+    if gen is None:
+        return torch.linspace(0, n_frames - 1, k).round().long()
+    return torch.randperm(n_frames, generator=gen)[:k].sort().values
 
 
 class RetinaDataset(Dataset):
-    """Items are dicts: ``image`` [3, S, S] in [0, 1], ``text``, ``labels``, in training with
-    augmentation its parameters ``aug`` (applied batch-wise by :meth:`Batch.model_input`) and, when
-    pairing is on, ``partner`` / ``partner_aug`` / ``partner_text`` / ``partner_labels`` from another
-    modality of the same eye."""
+    """Items are dicts: ``image`` [3, S, S] in [0, 1] (a volume embedded through the slice
+    adapter: [K, 3, S, S] with its slices' table ``positions``), ``text``, ``labels``, in training
+    with augmentation its parameters ``aug`` (applied batch-wise by :meth:`Batch.model_input`)
+    and, when pairing is on, ``partner`` / ``partner_aug`` / ``partner_text`` /
+    ``partner_labels`` / ``partner_positions`` from another modality of the same eye
+    (``data.pairing``).
+
+    ``volume_slices`` > 0 (a model with the slice adapter) embeds that many slices of each volume,
+    their positions taken from a table of ``volume_table`` entries; 0 gives one B-scan a volume
+    (random in training, the central one otherwise)."""
 
     def __init__(self, records: list[Record], image_size: int, train: bool = True, text_source: str = "mixed",
-                 pair_modalities: bool = False, augment: bool = True, class_balance: float = 0.0):
+                 pair_modalities: bool = False, augment: bool = True, class_balance: float = 0.0,
+                 pair_by: str = "eye", volume_slices: int = 0, volume_table: int = 0):
         if text_source not in TEXT_SOURCES:
             raise ValueError(f"data.text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
         if not 0.0 <= class_balance <= 1.0:
             raise ValueError(f"data.class_balance must be in [0, 1], got {class_balance}")
+        if volume_slices > volume_table:
+            raise ValueError(f"{volume_slices} slices a volume exceed the model's table of {volume_table} "
+                             "(model.volume_max_slices)")
         self.records = records
         self.sample_weights = class_weights(records, class_balance) if class_balance > 0 else None
         self.image_size = image_size
@@ -60,11 +92,9 @@ class RetinaDataset(Dataset):
         self.augment = train and augment
         self.text_source = text_source
         self.pair_modalities = pair_modalities
-        by_eye: dict[tuple[str, str, str], list[int]] = defaultdict(list)
-        for i, r in enumerate(records):
-            by_eye[(r.source, r.patient_id, r.eye)].append(i)
-        self.partners = [[j for j in by_eye[(r.source, r.patient_id, r.eye)] if records[j].modality != r.modality]
-                         for r in records]
+        self.volume_slices, self.volume_table = volume_slices, volume_table
+        self.partners = modality_partners(records, pair_by)
+        self.pairing = summarise_pairs(records, self.partners, pair_by)
 
     def __len__(self) -> int:
         return len(self.records)
@@ -76,23 +106,30 @@ class RetinaDataset(Dataset):
             or (self.text_source == "mixed" and rng.random() < 0.5))
         return record.report if use_report else build_caption(record.labels, rng, record.modality)
 
-    def image_for(self, record: Record, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Decoded, preprocessed image in [0, 1] and, when augmenting, its augmentation parameters;
-        volumes give one slice."""
-        img = read_image(record.image, self.image_size)
-        if img.ndim == 4:  # a volume: a random B-scan in training, the central one otherwise
-            index = int(torch.randint(0, img.shape[0], (), generator=gen)) if self.train else img.shape[0] // 2
-            img = img[index]
-        params = draw_params(gen, colour=img.shape[-1] == 3) if self.augment else None
-        return prepare_image(img, record.modality, self.image_size), params
+    def image_for(self, record: Record, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                        torch.Tensor | None]:
+        """Decoded, preprocessed image in [0, 1], its augmentation parameters (when augmenting)
+        and, for a volume embedded through the adapter, its slices' positions (else None)."""
+        frames = read_frames(record, self.image_size)
+        colour = frames.shape[-1] == 3
+        if len(frames) > 1 and self.volume_slices > 0:
+            picked = volume_slices(len(frames), self.volume_slices, gen if self.train else None)
+            image = torch.stack([prepare_image(frames[i], record.modality, self.image_size) for i in picked.tolist()])
+            positions = slice_positions(picked, len(frames), self.volume_table)
+        else:  # one B-scan of a volume: a random one in training, the central one otherwise
+            index = int(torch.randint(0, len(frames), (), generator=gen)) if self.train else len(frames) // 2
+            image, positions = prepare_image(frames[index], record.modality, self.image_size), None
+        params = draw_params(gen, colour=colour) if self.augment else None
+        return image, params, positions
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, seed = key if isinstance(key, tuple) else (key, index_seed(key))
         record = self.records[index]
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
         try:
-            image, params = self.image_for(record, gen)
-            item = {"image": image, "aug": params, "text": self.text_for(record, rng),
+            image, params, positions = self.image_for(record, gen)
+            item = {"image": image, "aug": params, "positions": positions, "modality": record.modality,
+                    "text": self.text_for(record, rng),
                     "labels": ";".join(sorted(record.labels)), "path": str(record.image), "index": index}
         except ImageReadError as exc:
             return {"error": str(exc), "path": str(record.image)}
@@ -100,9 +137,9 @@ class RetinaDataset(Dataset):
         if candidates:
             partner = self.records[candidates[rng.randrange(len(candidates))]]
             try:
-                image, params = self.image_for(partner, gen)
-                item.update(partner=image, partner_aug=params, partner_text=self.text_for(partner, rng),
-                            partner_labels=";".join(sorted(partner.labels)))
+                image, params, positions = self.image_for(partner, gen)
+                item.update(partner=image, partner_aug=params, partner_positions=positions, partner_modality=partner.modality,
+                            partner_text=self.text_for(partner, rng), partner_labels=";".join(sorted(partner.labels)))
             except ImageReadError as exc:
                 item["partner_error"] = str(exc)
         return item
@@ -127,20 +164,30 @@ def index_seed(index: int) -> int:
 
 @dataclass
 class Batch:
-    """A collated batch: anchors first, then the partners of the anchors that have one."""
+    """A collated batch of items: anchors first, then the partners of the anchors that have one.
+    An item is one image row, or a volume's slice rows when ``layout`` is set."""
 
-    images: torch.Tensor  # [N + M, 3, S, S] in [0, 1]
+    images: torch.Tensor  # [R, 3, S, S] in [0, 1]: image rows (R = N + M without volumes)
     texts: list[str]  # N + M
     label_ids: torch.Tensor  # [N + M], -1 = unlabelled; equal ids = equal label sets
     pair_index: torch.Tensor  # [N], position of anchor i's partner, -1 if none
     labels: list[str]  # N + M label-set strings
     skipped: list[str] = field(default_factory=list)  # "path: reason" of unreadable images
-    aug: torch.Tensor | None = None  # [N + M, P] augmentation parameters; None = no augmentation
+    aug: torch.Tensor | None = None  # [R, P] augmentation parameters; None = no augmentation
     indices: list[int] = field(default_factory=list)  # N dataset indices of the anchors
+    layout: SliceLayout | None = None  # which rows are which item's slices; None: one row an item
+    # [N] bool: anchor i's modality sorts after its partner's, so the pair is contrasted as
+    # (partner, anchor): every pair then sets one modality against the other (CFP vs OCT).
+    pair_flip: torch.Tensor | None = None
 
     @property
     def n_anchors(self) -> int:
         return len(self.pair_index)
+
+    @property
+    def n_paired(self) -> int:
+        """Anchors that have a partner in the batch."""
+        return int((self.pair_index >= 0).sum())
 
     def model_input(self, device: torch.device, input_norm: str) -> torch.Tensor:
         """The images on ``device``, augmented there (when the batch carries parameters) and
@@ -151,12 +198,30 @@ class Batch:
         return to_model_input(images, input_norm)
 
 
+def _layout(images: list[torch.Tensor], positions: list[torch.Tensor | None]) -> SliceLayout | None:
+    """The :class:`SliceLayout` of items given as rows (2-D: [3, S, S]; volume: [K, 3, S, S])."""
+    if all(p is None for p in positions):
+        return None
+    counts = [1 if p is None else len(p) for p in positions]
+    width = max(counts)
+    rows = torch.full((len(images), width), -1, dtype=torch.long)
+    slots = torch.zeros((len(images), width), dtype=torch.long)
+    start = 0
+    for i, (count, pos) in enumerate(zip(counts, positions)):
+        rows[i, :count] = torch.arange(start, start + count)
+        if pos is not None:
+            slots[i, :count] = pos
+        start += count
+    return SliceLayout(rows, slots, torch.tensor([p is not None for p in positions]))
+
+
 def collate(items: list[dict]) -> Batch:
     """Stack anchors then partners; unreadable anchors are dropped and listed in ``skipped``."""
     skipped = [it["error"] for it in items if "error" in it] + [it["partner_error"] for it in items if "partner_error" in it]
     anchors = [it for it in items if "error" not in it]
     paired = [it for it in anchors if "partner" in it]
     images = [it["image"] for it in anchors] + [it["partner"] for it in paired]
+    positions = [it.get("positions") for it in anchors] + [it.get("partner_positions") for it in paired]
     texts = [it["text"] for it in anchors] + [it["partner_text"] for it in paired]
     labels = [it["labels"] for it in anchors] + [it["partner_labels"] for it in paired]
     pair_index, next_partner = [], len(anchors)
@@ -168,11 +233,17 @@ def collate(items: list[dict]) -> Batch:
             pair_index.append(-1)
     ids = {key: i for i, key in enumerate(dict.fromkeys(k for k in labels if k))}
     label_ids = torch.tensor([ids[k] if k else -1 for k in labels], dtype=torch.long)
+    layout = _layout(images, positions)
+    rows = [img if pos is not None else img[None] for img, pos in zip(images, positions)]
     params = [it["aug"] for it in anchors] + [it["partner_aug"] for it in paired]
-    stacked = torch.stack(images) if images else torch.empty(0)
-    aug = torch.stack(params) if params and all(p is not None for p in params) else None
+    stacked = torch.cat(rows) if rows else torch.empty(0)
+    aug = None
+    if params and all(p is not None for p in params):  # a volume's slices share its augmentation
+        aug = torch.cat([p.expand(len(row), -1) for p, row in zip(params, rows)])
+    flip = torch.tensor([it["modality"] > it["partner_modality"] if "partner" in it else False for it in anchors],
+                        dtype=torch.bool)
     return Batch(stacked, texts, label_ids, torch.tensor(pair_index, dtype=torch.long), labels, skipped, aug,
-                 [it["index"] for it in anchors])
+                 [it["index"] for it in anchors], layout, flip)
 
 
 class EpochBatchSampler(Sampler):

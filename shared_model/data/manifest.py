@@ -3,7 +3,9 @@
 Columns: ``image`` (path relative to the manifest), ``patient_id``, ``eye`` (OD/OS, optional),
 ``modality`` (CFP, OCT, FFA, FAF, ICGA, UWF, ...), ``study_id`` (optional), ``labels``
 (``;``-separated categories of the expert-knowledge dictionary), ``report`` (free text),
-``split`` (train/val/test, optional: train). Extra columns are kept as ``extra``.
+``split`` (train/val/test, optional: train), ``frames`` (optional: the number of B-scans of a
+volume, e.g. a multi-frame DICOM or multi-page TIFF OCT; empty for a 2-D image). Extra columns
+are kept as ``extra``.
 
 Validation reports one issue per bad row and field, naming the file and row, plus a summary;
 strict loading refuses a manifest with issues, lenient loading drops those rows and counts them.
@@ -24,7 +26,7 @@ from shared_model.prompts.knowledge import UnknownCategoryError, normalise_label
 log = logging.getLogger(__name__)
 
 REQUIRED_COLUMNS = ("image", "patient_id", "modality", "labels", "report")
-OPTIONAL_COLUMNS = ("eye", "study_id", "split")
+OPTIONAL_COLUMNS = ("eye", "study_id", "split", "frames")
 SPLITS = ("train", "val", "test")
 _EYES = {"od": "OD", "r": "OD", "right": "OD", "os": "OS", "l": "OS", "left": "OS", "": ""}
 
@@ -67,6 +69,12 @@ class Record:
     row: int
     source: str
     extra: dict = field(default_factory=dict, compare=False, hash=False)
+    frames: int = 1  # B-scans of a volume; 1 = a 2-D image
+
+    @property
+    def is_volume(self) -> bool:
+        """Whether the row is a volume (``frames`` > 1), embedded through the slice adapter."""
+        return self.frames > 1
 
 
 @dataclass
@@ -139,11 +147,18 @@ def _check_row(values: dict, row: int, root: Path, source: str) -> tuple[Record 
     split = values.get("split", "").strip().lower() or "train"
     if split not in SPLITS:
         bad("split", f"unknown split {values['split']!r} (use {', '.join(SPLITS)})", "unknown split")
+    frames_text = values.get("frames", "").strip()
+    frames = 1
+    if frames_text:
+        if not frames_text.isdigit() or int(frames_text) < 1:
+            bad("frames", f"frames must be a positive whole number of B-scans, got {values['frames']!r}", "bad frames")
+        else:
+            frames = int(frames_text)
     if issues:
         return None, issues
     extra = {k: v for k, v in values.items() if k not in REQUIRED_COLUMNS + OPTIONAL_COLUMNS}
     return Record(path, values["patient_id"].strip(), eye, modality, values.get("study_id", "").strip(),
-                  tuple(dict.fromkeys(labels)), report, split, row, source, extra), []
+                  tuple(dict.fromkeys(labels)), report, split, row, source, extra, frames), []
 
 
 def load_manifest(path: str | Path, strict: bool = True) -> Manifest:

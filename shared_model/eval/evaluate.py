@@ -1,6 +1,7 @@
 """The common evaluator: embeds evaluation sets with a model and runs the FLAIR protocol on them
 (zero-shot with expert-knowledge prompt ensembles, linear probe, k-shot probe, image-text
-retrieval), one task per (data set, modality).
+retrieval), one task per (data set, modality), and image-image retrieval between the modalities
+of a set (the same eye's CFP and OCT, as EyeCLIP reports).
 
 Every aggregate of a federated run and every centralized run is scored by this one function,
 so their figures are comparable.
@@ -18,9 +19,10 @@ from rich.progress import Progress
 
 from shared_model.config import EvalAppConfig, EvalConfig, EvalSetConfig
 from shared_model.data.adapters import from_class_folders, from_flair_csv
-from shared_model.data.dataset import load_slices
+from shared_model.data.dataset import load_slices, volume_slices
 from shared_model.data.embedded import ensure_phantom
 from shared_model.data.manifest import Record, load_manifest, validate_table
+from shared_model.data.pairing import pairing_key
 from shared_model.data.preprocess import to_model_input
 from shared_model.data.readers import ImageReadError
 from shared_model.eval.linear_probe import kshot_probe, linear_probe_cv
@@ -30,6 +32,7 @@ from shared_model.eval.retrieval import retrieval_metrics
 from shared_model.eval.zero_shot import ensemble_class_embedding, zero_shot_logits
 from shared_model.model.checkpoint import load_checkpoint
 from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.model.slice_pooling import slice_positions
 from shared_model.prompts import DR_GRADES, prompt_ensemble
 from shared_model.train.trainer import resolve_device
 
@@ -93,9 +96,11 @@ def embed_records(model: RetinaCLIP, records: list[Record], image_size: int, dev
                 continue
             if len(slices) > 1 and model.volume_pool is not None:
                 flush()
-                picked = slices[torch.linspace(0, len(slices) - 1, min(len(slices), model.volume_pool.max_slices)).long()]
-                imgs = to_model_input(picked.to(device), model.input_norm)
-                chunks.append(model.encode_volume(imgs[None]).float().cpu())
+                table = model.volume_pool.max_slices
+                picked = volume_slices(len(slices), table, None)
+                imgs = to_model_input(slices[picked].to(device), model.input_norm)
+                positions = slice_positions(picked, len(slices), table).to(device)
+                chunks.append(model.encode_volume(imgs[None], positions=positions[None]).float().cpu())
                 if features:
                     feature_chunks.append(model.tower_features(imgs).float().cpu().mean(0, keepdim=True))
                 kept.append(record)
@@ -144,9 +149,10 @@ def evaluate_model(model: RetinaCLIP, cfg: EvalConfig, image_size: int, device: 
                    progress: bool = False) -> dict:
     """Run every configured evaluation on every set; returns the report dict of ``eval.report``."""
     results: dict[str, dict] = {"zero_shot": {}, "linear_probe": {}, "linear_probe_features": {}, "kshot": {},
-                                "retrieval": {}, "skipped": {}}
+                                "retrieval": {}, "cross_modal": {}, "skipped": {}}
     for set_cfg in cfg.sets:
         records = load_eval_records(set_cfg)
+        by_modality: dict[str, EmbeddedSet] = {}
         for modality in sorted({r.modality for r in records}):
             name = f"{set_cfg.name}/{modality}"
             embedded = embed_records(model, [r for r in records if r.modality == modality], image_size, device,
@@ -154,7 +160,29 @@ def evaluate_model(model: RetinaCLIP, cfg: EvalConfig, image_size: int, device: 
             if embedded.skipped:
                 results["skipped"][name] = embedded.skipped
             _evaluate_task(model, cfg, set_cfg, name, modality, embedded, results)
+            by_modality[modality] = embedded
+        if cfg.cross_modal_retrieval:
+            _cross_modal_retrieval(set_cfg.name, by_modality, results)
     return {k: v for k, v in results.items() if v}
+
+
+def _cross_modal_retrieval(set_name: str, by_modality: dict[str, EmbeddedSet], results: dict) -> None:
+    """Image-image retrieval between every two modalities of a set (EyeCLIP's CFP<->OCT): the
+    correct gallery items of a query are the other modality's images of the same (patient, eye)."""
+    names = sorted(m for m, e in by_modality.items() if len(e.records))
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            query, gallery = by_modality[a], by_modality[b]
+            position: dict[tuple, list[int]] = {}
+            for j, record in enumerate(gallery.records):
+                key = pairing_key(record, "eye")
+                if key is not None:
+                    position.setdefault(key, []).append(j)
+            correct = [position.get(pairing_key(r, "eye"), []) for r in query.records]  # no eye: no key, none
+            if not any(correct):
+                continue
+            metrics = retrieval_metrics(query.embeddings @ gallery.embeddings.T, correct)
+            results["cross_modal"][f"{set_name}/{a}-{b}"] = {**metrics, "modalities": [a, b]}
 
 
 def _evaluate_task(model: RetinaCLIP, cfg: EvalConfig, set_cfg: EvalSetConfig, name: str, modality: str,

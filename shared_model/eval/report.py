@@ -14,6 +14,8 @@ The ``results`` dict (every section optional, names are free-form strings)::
       "kshot":        {name: KShotResult},                # linear_probe.kshot_probe; k is inside,
                                                           # so name e.g. "phantom_fundus/k=5"
       "retrieval":    {dataset: RetrievalMetrics},        # retrieval.retrieval_metrics
+      "cross_modal":  {"set/A-B": RetrievalMetrics        # image_to_text = A->B, text_to_image = B->A
+                                  + {"modalities": [A, B]}},
       ...                                                 # any other JSON value (e.g. "meta":
     }                                                     # {"round": 3}) goes to metrics.json only
 
@@ -64,21 +66,30 @@ def classification_rows(results: dict) -> list[list[str]]:
     return rows
 
 
-def _retrieval_table(results: dict) -> tuple[list[str], list[list[str]]]:
-    entries = results.get("retrieval", {})
-    directions = {"image_to_text": "image→text", "text_to_image": "text→image"}
-    recall_keys = list(
-        dict.fromkeys(key for entry in entries.values() for d in directions for key in entry[d]["recall"])
-    )
-    headers = ["dataset", "direction", "queries", *recall_keys, "mean rank", "median rank"]
+def _directions(entry: dict) -> dict[str, str]:
+    """Labels of a retrieval entry's two directions: image/text, or its two modalities."""
+    if "modalities" in entry:
+        a, b = entry["modalities"]
+        return {"image_to_text": f"{a}→{b}", "text_to_image": f"{b}→{a}"}
+    return {"image_to_text": "image→text", "text_to_image": "text→image"}
+
+
+def _retrieval_table(results: dict, compact: bool = False) -> tuple[list[str], list[list[str]]]:
+    """Retrieval rows, image-text then cross-modal; ``compact`` (the terminal's 80 columns)
+    leaves out the median rank."""
+    entries = {**results.get("retrieval", {}), **results.get("cross_modal", {})}
+    recall_keys = list(dict.fromkeys(key for entry in entries.values() for d in _directions(entry)
+                                     for key in entry[d]["recall"]))
+    headers = ["dataset", "direction", "n" if compact else "queries", *recall_keys, "mean rank"]
+    headers += [] if compact else ["median rank"]
     rows = []
     for dataset, entry in entries.items():
-        for direction, label in directions.items():
+        for direction, label in _directions(entry).items():
             m = entry[direction]
             rows.append(
                 [dataset, label, str(m["n_queries"])]
                 + [_fmt(m["recall"].get(key)) for key in recall_keys]
-                + [f"{m['mean_rank']:.1f}", f"{m['median_rank']:.1f}"]
+                + [f"{m['mean_rank']:.1f}"] + ([] if compact else [f"{m['median_rank']:.1f}"])
             )
     return headers, rows
 
@@ -92,7 +103,7 @@ def render_table(results: dict, title: str | None = None) -> Table:
         for row in classification:
             table.add_row(*row)
         outer.add_row(table)
-    headers, retrieval = _retrieval_table(results)
+    headers, retrieval = _retrieval_table(results, compact=True)
     if retrieval:
         table = Table(*headers, title="retrieval")
         for row in retrieval:

@@ -20,6 +20,24 @@ from shared_model.model.retina_clip import ModelOutput, RetinaCLIP
 
 
 IMAGE_TEXT_VARIANTS = ("flair", "clip", "bank")
+TERMS = ("image_text", "image_image", "mae")
+
+
+def term_status(loss: LossConfig, pair_modalities: bool, has_decoder: bool, dp_sgd: bool = False) -> dict[str, str]:
+    """Each EyeCLIP term: ``"on"`` or why it is configured off (what the console and the report
+    say, so a term that never ran is named, never drawn as a zero line)."""
+    status = {}
+    for name in TERMS:
+        if getattr(loss, name) <= 0:
+            status[name] = ("off under DP-SGD (in-batch contrast couples examples)"
+                            if dp_sgd and name == "image_image" else f"off (loss.{name}=0)")
+        elif name == "image_image" and not pair_modalities:
+            status[name] = "off (data.pair_modalities=false)"
+        elif name == "mae" and not has_decoder:
+            status[name] = "off (no MAE decoder: model.mae.enabled=false)"
+        else:
+            status[name] = "on"
+    return status
 
 
 @dataclass
@@ -63,12 +81,14 @@ class EyeCLIPObjective(nn.Module):
         return all(term.per_example_decomposable for term in self.active_terms(model))
 
     def forward(self, model: RetinaCLIP, out: ModelOutput, imgs: torch.Tensor, label_ids: torch.Tensor,
-                pair_index: torch.Tensor, labels: list[str] | None = None) -> ObjectiveOutput:
+                pair_index: torch.Tensor, labels: list[str] | None = None,
+                pair_flip: torch.Tensor | None = None) -> ObjectiveOutput:
         """out: model(imgs, texts) on a batch of N anchors followed by their partner images.
 
-        imgs: [N + M, 3, H, W]; label_ids: [N + M]; pair_index: [N], position of anchor i's
-        partner in the batch or -1 when it has none; labels: the N + M label-set strings (needed
-        by the bank variant).
+        imgs: the batch's image rows [R, 3, H, W] (N + M items; a volume is several rows);
+        label_ids: [N + M]; pair_index: [N], position of anchor i's partner in the batch or -1
+        when it has none; labels: the N + M label-set strings (needed by the bank variant);
+        pair_flip: [N], which pairs to contrast as (partner, anchor) (``Batch.pair_flip``).
         """
         terms: dict[str, torch.Tensor] = {}
         if self.weights["image_text"] > 0:
@@ -86,7 +106,8 @@ class EyeCLIPObjective(nn.Module):
             has_partner = pair_index >= 0
             n = len(pair_index)
             partners = out.image_embeds[pair_index.clamp(min=0)]
-            pair_loss = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner, label_ids[:n])
+            pair_loss = self.image_image(out.image_embeds[:n], partners, out.logit_scale, has_partner, label_ids[:n],
+                                         pair_flip)
             if pair_loss is not None:
                 terms["image_image"] = pair_loss
         if self.weights["mae"] > 0 and out.mae_pred is not None:

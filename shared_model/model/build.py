@@ -10,7 +10,7 @@ from shared_model.config import ImageTowerConfig, ModelConfig
 from shared_model.model.cnn_tower import CNN_ARCHS, CNNTower
 from shared_model.model.mae_decoder import MAEDecoder
 from shared_model.model.retina_clip import RetinaCLIP
-from shared_model.model.slice_pooling import SliceAttentionPool
+from shared_model.model.slice_pooling import build_volume_pool
 from shared_model.model.text_tower import TextTower
 from shared_model.model.vit_mae import MaskedViT
 
@@ -64,7 +64,7 @@ def build_model(cfg: ModelConfig, pretrained: bool = True) -> RetinaCLIP:
         decoder = MAEDecoder(visual.patch_embed.grid_size, img.patch_size, img.width, cfg.mae.decoder_width,
                              cfg.mae.decoder_depth, cfg.mae.decoder_heads)
     text = TextTower(cfg.text.path, cfg.embed_dim, cfg.text.max_length, cfg.text.trainable_layers, pretrained)
-    volume_pool = SliceAttentionPool(visual.width, cfg.volume_max_slices, cfg.volume_heads) if cfg.volume_max_slices else None
+    volume_pool = build_volume_pool(cfg.volume_pooling, visual.width, cfg.volume_max_slices, cfg.volume_heads)
     model = RetinaCLIP(visual, text, cfg.embed_dim, cfg.init_temperature, decoder, cfg.mae.mask_ratio,
                        cfg.contrast_pass, volume_pool, cfg.image.input_norm)
     if cfg.opacus_compatible:

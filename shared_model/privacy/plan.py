@@ -71,6 +71,10 @@ def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
         if app.loss.image_image > 0:
             problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
                             "set loss.image_image=0 under DP-SGD")
+        if app.model.volume_max_slices > 0:
+            problems.append(f"model.volume_max_slices={app.model.volume_max_slices}: the slice adapter trains a "
+                            "volume's B-scans together, which the per-unit clipping here does not cover yet; set "
+                            "model.volume_max_slices=0 under DP-SGD (a volume then trains one random B-scan)")
     if p.mode == "dp-sgd" and app.data.class_balance > 0:
         problems.append(f"data.class_balance={app.data.class_balance}: DP-SGD samples its units by Poisson "
                         "sampling at one rate, which the accountant models; set data.class_balance=0")

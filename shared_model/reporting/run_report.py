@@ -18,11 +18,13 @@ import logging
 import time
 from collections import defaultdict
 from pathlib import Path
+from types import SimpleNamespace
 
 import yaml
 
 import shared_model
 from shared_model.atomic_files import write_text_atomic
+from shared_model.losses.objective import term_status
 from shared_model.reporting.metrics_log import read_metrics
 from shared_model.reporting.plots import figure_svg, grouped_bars, image_grid_png, line_panels
 
@@ -110,7 +112,8 @@ def _round_sections(records: list[dict]) -> list[str]:
     parts.append("<h2>Loss terms per site</h2>")
     if panels:
         parts.append(_figure("loss-per-site", line_panels(panels, "round"),
-                             "Each site's mean loss terms over its local steps of each round."))
+                             "Each site's mean of each loss term over the local steps of a round that computed "
+                             "it; a term a site did not compute in a round has no point there."))
     else:
         parts.append("<p class='note'>Sites sent no losses (under DP-SGD losses are not privatised, so they "
                      "stay at the sites).</p>")
@@ -144,6 +147,37 @@ def _round_sections(records: list[dict]) -> list[str]:
     rejected = [(r["round"], reason) for r in rounds for reason in r.get("rejected", [])]
     if rejected:
         parts += ["<h2>Rejected updates</h2>", _table(["round", "reason"], rejected)]
+    return parts
+
+
+def _objective_section(config: dict, records: list[dict], run_dir: Path) -> list[str]:
+    """Which EyeCLIP terms ran (and why the others are off) and how many anchors found a partner
+    of another modality of the same eye, per site (summed over rounds) or for the run."""
+    if "loss" not in config:
+        return []
+    loss = SimpleNamespace(**config["loss"])
+    status = term_status(loss, config.get("data", {}).get("pair_modalities", True),
+                         config.get("model", {}).get("mae", {}).get("enabled", True),
+                         config.get("privacy", {}).get("mode") == "dp-sgd")
+    parts = ["<h2>Objective</h2>", _table(["term", "weight", "status"],
+                                          [[name, getattr(loss, name), state] for name, state in status.items()])]
+    if status["image_image"] != "on":
+        return parts
+    counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
+    for r in records:
+        for site, metrics in r.get("sites", {}).items():
+            if "anchors" in metrics:
+                counts[site][0] += int(metrics["anchors"])
+                counts[site][1] += int(metrics.get("paired-anchors", 0))
+    summary = _read_json(run_dir / "train_summary.json") or {}
+    if "anchors" in summary:
+        counts["this run"] = [int(summary["anchors"]), int(summary.get("paired", 0))]
+    if counts:
+        rows = [[site, f"{a:,}", f"{p:,}", f"{p / a:.0%}" if a else "–"] for site, (a, p) in counts.items()]
+        parts += [_table(["cross-modality pairs", "anchors trained", "with a partner", "share"], rows),
+                  "<p class='note'>An anchor's partner is another modality of the same patient and eye "
+                  f"(data.pair_by={_e(config.get('data', {}).get('pair_by', 'eye'))}), from any of the site's "
+                  "manifests; a batch with fewer than two pairs computes no cross-modality term.</p>"]
     return parts
 
 
@@ -227,6 +261,8 @@ def build_report(run_dir: str | Path) -> str:
     if "privacy" in config:
         facts.append(["privacy", f"{config['privacy'].get('mode', 'none')}, central {config['privacy'].get('central', 'none')}"])
     parts = [f"<h1>RetinaFL run report: {_e(run_dir.name)}</h1>", _table(["", ""], facts)]
+    if kind in ("federated", "centralized"):
+        parts += _objective_section(config, records, run_dir)
     if kind == "federated":
         parts += _round_sections(records)
     elif kind in ("centralized", "generator"):

@@ -17,6 +17,7 @@ from shared_model.data.manifest import Record, expand_manifest_paths, load_manif
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.losses import EyeCLIPObjective
+from shared_model.losses.objective import term_status
 from shared_model.model import build_model
 from shared_model.atomic_files import write_json_atomic
 from shared_model.model.checkpoint import load_weights, save_checkpoint
@@ -41,22 +42,35 @@ def load_training_records(cfg: DataConfig) -> list[Record]:
     return records
 
 
-def build_training_dataset(records: list[Record], cfg: TrainAppConfig) -> RetinaDataset:
-    """The augmented training data set of a run (centralized or one site's), as configured."""
-    return RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
-                         pair_modalities=cfg.data.pair_modalities and cfg.loss.image_image > 0,
-                         augment=cfg.data.augment, class_balance=cfg.data.class_balance)
+def objective_terms(cfg: TrainAppConfig) -> dict[str, str]:
+    """Each EyeCLIP term of a run: "on" or why it is configured off (:func:`term_status`)."""
+    return term_status(cfg.loss, cfg.data.pair_modalities, cfg.model.mae.enabled, cfg.privacy.mode == "dp-sgd")
 
 
-def merge_stats(chunks: list[TrainStats]) -> TrainStats:
-    """Totals over consecutive :meth:`LocalTrainer.run` calls (losses weighted by steps)."""
-    steps = sum(c.steps for c in chunks)
-    images = sum(c.images for c in chunks)
-    seconds = sum(c.seconds for c in chunks)
-    names = {name for c in chunks for name in c.losses}
-    losses = {n: sum(c.losses.get(n, 0.0) * c.steps for c in chunks) / max(steps, 1) for n in names}
-    return TrainStats(steps, images, seconds, images / max(seconds, 1e-9), losses,
-                      [reason for c in chunks for reason in c.skipped])
+def build_training_dataset(records: list[Record], cfg: TrainAppConfig, site: str | None = None) -> RetinaDataset:
+    """The augmented training data set of a run (centralized, or the named site's), as configured.
+
+    When the cross-modality term is on, the pairs found are logged; none at all is an error for a
+    centralized run and a warning at a site (the term is then not computed there, and absent from
+    its losses), since other sites may hold both modalities."""
+    table = cfg.model.volume_max_slices
+    slices = min(cfg.data.volume_slices or table, table)
+    pairing = objective_terms(cfg)["image_image"] == "on"
+    dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
+                            pair_modalities=pairing, augment=cfg.data.augment, class_balance=cfg.data.class_balance,
+                            pair_by=cfg.data.pair_by, volume_slices=slices, volume_table=table)
+    if pairing:
+        where = f"site {site}" if site else "training data"
+        log.info("%s: modality pairs by %s: %s", where, cfg.data.pair_by, dataset.pairing.line())
+        if dataset.pairing.paired == 0:
+            message = (f"{where}: loss.image_image={cfg.loss.image_image} (cross-modality contrast) is on, but none "
+                       f"of the {len(records):,} training images has a partner of another modality under "
+                       f"data.pair_by={cfg.data.pair_by} ({dataset.pairing.no_key:,} have no eye/study); "
+                       "list the other modality's manifest in data.manifests, or set loss.image_image=0")
+            if site is None:
+                raise ValueError(message)
+            log.warning("%s; the term is not computed at this site", message)
+    return dataset
 
 
 def write_resolved_config(cfg, run_dir: Path) -> None:
@@ -113,7 +127,10 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
         if chunks[-1].steps < chunk:  # time budget reached
             break
     metrics.close()
-    stats = merge_stats(chunks) if chunks else TrainStats(0, 0, 0.0, 0.0, {})
+    stats = TrainStats.merge(chunks)
+    if dataset.pair_modalities:
+        log.info("cross-modality term: %s of %s anchors had a partner; computed in %s of %s steps", f"{stats.paired:,}",
+                 f"{stats.anchors:,}", f"{stats.term_steps.get('image_image', 0):,}", f"{stats.steps:,}")
     write_json_atomic(run_dir / "train_summary.json", {**asdict(stats), "step": trainer.step, "device": str(device)})
     results = evaluate_model(model, cfg.eval, cfg.model.image.image_size, device, progress)
     results["meta"] = {"step": trainer.step, "model": cfg.model.name, "train": asdict(stats)}

@@ -50,14 +50,35 @@ def seed_everything(seed: int) -> None:
 
 @dataclass
 class TrainStats:
-    """What one call of :meth:`LocalTrainer.run` did."""
+    """What one call of :meth:`LocalTrainer.run` did. A loss term that a step did not compute
+    (no modality pair in its batch, say) is absent from that step: each term's mean is over the
+    ``term_steps`` that computed it, and a term no step computed is not in ``losses`` at all."""
 
     steps: int
-    images: int
+    images: int  # image rows through the tower (a volume counts its slices)
     seconds: float
     images_per_s: float
-    losses: dict[str, float]  # mean over the call's steps, per term and 'total'
+    losses: dict[str, float]  # per term and 'total': mean over the steps that computed it
     skipped: list[str] = field(default_factory=list)  # unreadable images ("path: reason")
+    term_steps: dict[str, int] = field(default_factory=dict)  # steps that computed each term
+    anchors: int = 0  # anchor items trained on
+    paired: int = 0  # anchors that had a partner of another modality in their batch
+
+    @staticmethod
+    def merge(chunks: list[TrainStats]) -> TrainStats:
+        """Totals over consecutive runs (each term's mean weighted by the steps that computed it)."""
+        steps = sum(c.steps for c in chunks)
+        seconds = sum(c.seconds for c in chunks)
+        images = sum(c.images for c in chunks)
+        counts: dict[str, int] = defaultdict(int)
+        sums: dict[str, float] = defaultdict(float)
+        for c in chunks:
+            for name, value in c.losses.items():
+                counts[name] += c.term_steps[name]
+                sums[name] += value * c.term_steps[name]
+        return TrainStats(steps, images, seconds, images / max(seconds, 1e-9),
+                          {n: sums[n] / counts[n] for n in sums}, [r for c in chunks for r in c.skipped],
+                          dict(counts), sum(c.anchors for c in chunks), sum(c.paired for c in chunks))
 
 
 class LocalTrainer:
@@ -82,9 +103,10 @@ class LocalTrainer:
         self.model.train()
         imgs = batch.model_input(self.device, self.model.input_norm)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.autocast):
-            out = self.model(imgs, batch.texts)
+            out = self.model(imgs, batch.texts, None if batch.layout is None else batch.layout.to(self.device))
+            flip = None if batch.pair_flip is None else batch.pair_flip.to(self.device)
             loss = self.objective(self.model, out, imgs, batch.label_ids.to(self.device),
-                                  batch.pair_index.to(self.device), batch.labels)
+                                  batch.pair_index.to(self.device), batch.labels, flip)
         total = loss.total if self.proximal is None else loss.total + self.proximal(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -112,8 +134,9 @@ class LocalTrainer:
             metrics: MetricsLog | None = None, label: str = "train") -> TrainStats:
         """Train for ``steps`` steps (or until ``max_seconds``), continuing the data order where it stopped."""
         sums: dict[str, float] = defaultdict(float)
+        counts: dict[str, int] = defaultdict(int)
         skipped: list[str] = []
-        done = images = 0
+        done = images = anchors = paired = 0
         start = time.perf_counter()
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
@@ -131,8 +154,11 @@ class LocalTrainer:
                     loss = self.train_step(batch)
                     done += 1
                     images += len(batch.images)
+                    anchors += batch.n_anchors
+                    paired += batch.n_paired
                     for name, value in {**loss.terms, "total": float(loss.total.detach())}.items():
                         sums[name] += value
+                        counts[name] += 1
                     rate = images / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in loss.terms.items())
                                + f" | {rate:.1f} img/s")
@@ -147,7 +173,7 @@ class LocalTrainer:
         if skipped:
             log.warning("%d unreadable images were skipped in this run", len(skipped))
         return TrainStats(done, images, seconds, images / max(seconds, 1e-9),
-                          {k: v / max(done, 1) for k, v in sums.items()}, skipped)
+                          {k: v / counts[k] for k, v in sums.items()}, skipped, dict(counts), anchors, paired)
 
     @staticmethod
     def _out_of_time(start: float, max_seconds: float | None) -> bool:

@@ -29,9 +29,10 @@ def test_every_group_composes(model, train, eval_group):
 
 def test_demo_experiment_overrides_only_what_it_names():
     cfg = compose_app("train", ["+experiment=demo"])
-    assert cfg.train.max_seconds == 60 and cfg.model.name == "tiny"
-    assert cfg.data.text_source == "caption" and not cfg.data.pair_modalities
-    assert cfg.loss.image_image == 0.75 and cfg.eval.sets[0].name == "heldout"
+    assert cfg.train.max_seconds == 100 and cfg.model.name == "tiny"
+    assert cfg.data.text_source == "caption" and cfg.data.pair_modalities and cfg.data.pair_by == "eye"
+    assert (cfg.loss.image_text, cfg.loss.image_image, cfg.loss.mae) == (0.75, 0.75, 1.0)
+    assert cfg.eval.sets[0].name == "heldout"
 
 
 def test_real_data_experiments_share_one_recipe_at_equal_compute():
@@ -93,7 +94,8 @@ def test_every_strategy_composes_and_builds(strategy):
 def test_federated_demo_experiment():
     cfg = compose_app("federation", ["+experiment=federated_demo"])
     assert cfg.federation.rounds == 4 and cfg.train.steps == 25 and cfg.model.name == "tiny"
-    assert not cfg.data.pair_modalities and cfg.strategy.name == "fedavg"
+    assert cfg.strategy.name == "fedavg" and cfg.model.mae.enabled
+    assert cfg.data.pair_modalities and (cfg.loss.image_text, cfg.loss.image_image, cfg.loss.mae) == (0.75, 0.75, 1.0)
 
 
 def test_unknown_strategy_is_refused():

@@ -105,3 +105,32 @@ def test_one_site_fedavg_equals_local_training(small_phantom, tmp_path):
     local = train_round(cfg, site, initial, 1).state
     for name, tensor in local.items():
         assert torch.equal(tensor, federated[name]), name
+
+
+def test_a_federated_site_trains_its_oct_volumes_through_the_adapter(small_phantom, tmp_path):
+    """A simulated site reads its images and its volumes (two manifests), pairs them, trains the
+    slice adapter, and the coordinator scores the held-out volumes through the aggregate."""
+    from safetensors.torch import load_file
+
+    from shared_model.model import build_model
+    from shared_model.model.checkpoint import load_checkpoint
+    from shared_model.model.exchange import exchanged_state_dict
+    from shared_model.train.trainer import seed_everything
+
+    cfg = federation_cfg(small_phantom, tmp_path / "fed", "federation.rounds=1", "federation.min_sites=1",
+                         "federation.min_available=1", "strategy.fraction_evaluate=0", "data=phantom_volumes",
+                         "eval=phantom_volumes", "model.volume_max_slices=16", "data.volume_slices=4")
+    flat = flatten_config(cfg)
+    history = run_federation(InProcessGrid({7: client_app_handler(7, {"partition-id": 0, "num-partitions": 1}, flat)}),
+                             cfg).history
+    site = history[-1]["sites"]["site_0"]
+    assert site["paired-anchors"] > 0 and "loss.image_image" in site
+    assert history[-1]["server_eval"]["volumes/OCT"]["aca"] is not None
+    seed_everything(cfg.train.seed)
+    initial = exchanged_state_dict(build_model(cfg.model))
+    folder, _ = latest_round(tmp_path / "fed")
+    trained = load_file(str(folder / WEIGHTS))
+    assert not torch.equal(trained["volume_pool.positions.weight"], initial["volume_pool.positions.weight"])
+    model, model_cfg = load_checkpoint(folder)  # the round's checkpoint rebuilds the adapter
+    assert model_cfg.volume_max_slices == 16 and torch.equal(model.volume_pool.positions.weight,
+                                                             trained["volume_pool.positions.weight"])
