@@ -13,7 +13,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo real real-experiment centralized experiment bench test install grid lock clean
+.PHONY: demo real real-experiment multimodal-experiment centralized experiment bench test install grid lock clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,7 +38,11 @@ real: $(STAMP)
 
 # docs/real_data_experiment.md: FedAvg vs centralized vs single sites, DP-SGD, bf16 deltas (~45 min a seed).
 real-experiment: $(STAMP)
-	$(BIN)/python bench/real_data_experiment.py --seeds 0 1
+	$(BIN)/python -m bench.real_data_experiment --seeds 0 1
+
+# docs/multimodal_experiment.md: each EyeCLIP term and the RadCLIP volume adapter, on the phantom (~30 min).
+multimodal-experiment: $(STAMP)
+	$(BIN)/python -m bench.multimodal_experiment --steps 300 --seeds 0 1
 
 centralized: $(STAMP)
 	$(BIN)/retina-train +experiment=demo phantom.root=data/phantom run_dir=runs/centralized-demo

@@ -100,3 +100,13 @@ def machine(dev: torch.device) -> dict:
         info["gpu"] = torch.cuda.get_device_name(dev)
         info["gpus"] = torch.cuda.device_count()
     return info
+
+
+def run_arms(arms: list[str], seeds: list[int], run_arm: Callable[[str, int], dict]) -> dict[str, list[dict]]:
+    """``run_arm(arm, seed)`` of every experiment arm for every seed, seed by seed, so that a run
+    cut short still has whole seeds; returns each arm's results in seed order."""
+    runs: dict[str, list[dict]] = {arm: [] for arm in arms}
+    for seed in seeds:
+        for arm in arms:
+            runs[arm].append(run_arm(arm, seed))
+    return runs

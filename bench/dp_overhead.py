@@ -23,7 +23,7 @@ MODES = ("ghost", "hooks", "functorch")
 
 def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tuple[str, ...] = ()) -> tuple[dict, int]:
     """The non-private trainer and one DP-SGD trainer per clipping mode, all from the same weights."""
-    cfg = compose_app("train", [f"model={preset}", "privacy=dp_sgd", "data.pair_modalities=false", *overrides])
+    cfg = compose_app("train", [f"model={preset}", "privacy=dp_sgd", *overrides])
     trainers = {}
     for mode in ("none", *MODES):
         seed_everything(0)

@@ -40,7 +40,7 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
     local_steps = args.site_steps // args.rounds
     phantom = args.out / "phantom"
     common = [f"model={args.model}", f"phantom.root={phantom}", f"phantom.sites={SITES}", f"train.seed={seed}",
-              "data.text_source=caption", "data.pair_modalities=false", "eval.linear_probe=false", "eval.kshot=[]",
+              "data.text_source=caption", "eval.linear_probe=false", "eval.kshot=[]",
               "eval.retrieval=false", "train.warmup_steps=10", "train.lr=1e-3"]
     results: dict[str, dict] = {}
     timings: dict[str, float] = {}

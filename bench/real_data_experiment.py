@@ -4,7 +4,7 @@ the pooled data vs each site alone, a DP-SGD federation (patient unit, ε <= 8 p
 whole run), a bf16-delta federation, and the frozen ImageNet tower with no training; every arm
 scored on ``val.csv`` (patients at no site) by the common evaluator.
 
-  python bench/real_data_experiment.py [--site-steps 500] [--rounds 5] [--seeds 0 1] [--arms ...]
+  python -m bench.real_data_experiment [--site-steps 500] [--rounds 5] [--seeds 0 1] [--arms ...]
 
 The budget is ``site-steps`` steps of 32 images per hospital: a site alone trains that many; in
 a federation every site trains that many in total (``rounds`` rounds); centralized training gets
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from bench.common import run_arms
 from shared_model.conf import compose_app
 
 SITES = 3
@@ -109,7 +110,7 @@ def write_doc(args: argparse.Namespace, runs: dict[str, list[dict]]) -> str:
         "noise calibrated to spend it; public prompt-bank contrast instead of in-batch contrast; frozen tower, "
         "trained projections; no class rebalancing, which Poisson sampling forbids). Expected batch: 32 "
         f"patients, about 55 images. Training seeds: {seeds}.", "",
-        f"Reproduce: `python bench/real_data_experiment.py --site-steps {args.site_steps} --rounds {args.rounds} "
+        f"Reproduce: `python -m bench.real_data_experiment --site-steps {args.site_steps} --rounds {args.rounds} "
         f"--seeds {seeds}`", "",
         "Zero-shot: FLAIR prompt ensembles of the 7 classes; linear probe: FLAIR's class-balanced logistic "
         "regression, 5 folds grouped by patient, on the 256-d image embeddings (and, for comparison with an "
@@ -160,11 +161,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/real_experiment"))
     parser.add_argument("--doc", type=Path, default=Path("docs/real_data_experiment.md"))
     args = parser.parse_args()
-    runs: dict[str, list[dict]] = {arm: [] for arm in args.arms}
-    for seed in args.seeds:  # seed by seed, so that a run cut short still has whole seeds
-        for arm in args.arms:
-            runs[arm].append(run_arm(arm, seed, args))
-    print(write_doc(args, runs))
+    print(write_doc(args, run_arms(args.arms, args.seeds, lambda arm, seed: run_arm(arm, seed, args))))
 
 
 if __name__ == "__main__":

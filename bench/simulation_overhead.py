@@ -37,7 +37,7 @@ def plain_loop(args: list[str], root: Path) -> float:
     ensure_phantom(cfg.phantom, progress=False)
     seed_everything(0)
     global_state = exchanged_state_dict(build_model(cfg.model))
-    sites = [Site(f"site_{k}", [m], root / "loop" / f"site_{k}", cfg.train.device)
+    sites = [Site(f"site_{k}", m, root / "loop" / f"site_{k}", cfg.train.device)
              for k, m in enumerate(simulated_site_manifests(cfg))]
     start = time.perf_counter()
     for server_round in range(1, cfg.federation.rounds + 1):

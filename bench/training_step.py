@@ -35,7 +35,7 @@ def synthetic_batch(n: int, size: int, seed: int = 0) -> Batch:
 
 def trainer_for(preset: str, overrides: list[str], dev: torch.device) -> tuple[LocalTrainer, int]:
     """A LocalTrainer of the preset (seed 0, so every variant starts from the same weights)."""
-    cfg = compose_app("train", [f"model={preset}", "data.pair_modalities=false", *overrides])
+    cfg = compose_app("train", [f"model={preset}", *overrides])
     seed_everything(0)
     model = build_model(cfg.model)
     objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
