@@ -2,7 +2,7 @@
 objective and the RadCLIP volume adapter add, on the phantom, `tiny` preset, centralized on the
 three training sites, equal steps, scored on the held-out site by the common evaluator.
 
-  python -m bench.multimodal_experiment [--steps 200] [--seeds 0 1] [--arms ...]
+  python -m bench.multimodal_experiment [--steps 300] [--seeds 0 1] [--arms ...]
 
 Objective arms (CFP + central OCT B-scan of every eye): image-text only, + MAE, + cross-modality
 (CFP<->OCT of the same eye), all three (EyeCLIP); reported: CFP and OCT zero-shot ACA and
@@ -174,7 +174,7 @@ def reading(runs: dict[str, list[dict]], steps: int) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=200, help="training steps of every arm")
+    parser.add_argument("--steps", type=int, default=300, help="training steps of every arm")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     parser.add_argument("--phantom", default="data/phantom")
