@@ -116,7 +116,7 @@ class RetinaDataset(Dataset):
             picked = volume_slices(len(frames), self.volume_slices, gen if self.train else None)
             image = torch.stack([prepare_image(frames[i], record.modality, self.image_size) for i in picked.tolist()])
             positions = slice_positions(picked, len(frames), self.volume_table)
-        else:  # one B-scan of a volume: a random one in training, the central one otherwise
+        else:  # one frame: in training a random one (a 2-D image draws index 0), else the central one
             index = int(torch.randint(0, len(frames), (), generator=gen)) if self.train else len(frames) // 2
             image, positions = prepare_image(frames[index], record.modality, self.image_size), None
         params = draw_params(gen, colour=colour) if self.augment else None
