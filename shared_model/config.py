@@ -4,13 +4,35 @@ These dataclasses are the single description of what can be configured. Hydra
 uses them as structured-config schemas (``shared_model/conf``), so a YAML file or
 a command-line override with an unknown key or a wrong type fails with Hydra's
 message naming the key; library code receives the dataclass instances, never a
-Hydra or OmegaConf object.
+Hydra or OmegaConf object. Each class checks the ranges of its numbers when it is
+instantiated (``__post_init__``, also under ``OmegaConf.to_object``), so an
+impossible value (``federation.rounds=-1``) is refused at composition, naming its
+dotted key, instead of failing late.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Any, Optional
+
+Rule = tuple[str, Callable[[Any], bool]]
+AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
+NON_NEGATIVE: Rule = (">= 0", lambda v: v >= 0)
+POSITIVE: Rule = ("> 0", lambda v: v > 0)
+FRACTION: Rule = ("in [0, 1]", lambda v: 0 <= v <= 1)
+POSITIVE_FRACTION: Rule = ("in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def check_range(section: str, cfg: object, rule: Rule, *names: str) -> None:
+    """Raise ValueError naming ``section.name``, its value and the allowed range for the first of
+    ``names`` whose value is set (not None) and breaks ``rule``; ``section`` is the dotted key of
+    ``cfg`` in the application config (``federation``, ``model.image``)."""
+    allowed, ok = rule
+    for name in names:
+        value = getattr(cfg, name)
+        if value is not None and not ok(value):
+            raise ValueError(f"{section}.{name}={value!r} is out of range: it must be {allowed}")
 
 
 @dataclass
@@ -47,6 +69,9 @@ class ImageTowerConfig:
     # site batches give noisy statistics, and a frozen BatchNorm is per-example, so valid under DP-SGD.
     freeze_bn: bool = False
 
+    def __post_init__(self) -> None:
+        check_range("model.image", self, AT_LEAST_ONE, "image_size", "patch_size", "width", "depth", "num_heads")
+
 
 @dataclass
 class TextTowerConfig:
@@ -57,6 +82,9 @@ class TextTowerConfig:
     # -1: every layer trains; k >= 0: embeddings and all but the last k transformer layers are
     # frozen (k = 0 trains only the projection, and pooled features are cached per text).
     trainable_layers: int = -1
+
+    def __post_init__(self) -> None:
+        check_range("model.text", self, AT_LEAST_ONE, "max_length")
 
 
 @dataclass
@@ -69,6 +97,9 @@ class MAEConfig:
     decoder_depth: int = 2
     decoder_heads: int = 4
     norm_pix_loss: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("model.mae", self, ("in [0, 1)", lambda v: 0 <= v < 1), "mask_ratio")
 
 
 @dataclass
@@ -95,6 +126,11 @@ class ModelConfig:
     # DP-SGD sees no layer that mixes examples. Set automatically when privacy.mode=dp-sgd.
     opacus_compatible: bool = False
 
+    def __post_init__(self) -> None:
+        check_range("model", self, AT_LEAST_ONE, "embed_dim")
+        check_range("model", self, POSITIVE, "init_temperature")
+        check_range("model", self, NON_NEGATIVE, "volume_max_slices")
+
 
 @dataclass
 class LossConfig:
@@ -106,6 +142,9 @@ class LossConfig:
     # 'flair': label-aware soft targets (positives = same label set); 'clip': one positive per row;
     # 'bank': own caption against the public prompt-embedding bank (per-example: valid under DP-SGD).
     image_text_variant: str = "flair"
+
+    def __post_init__(self) -> None:
+        check_range("loss", self, NON_NEGATIVE, "image_text", "image_image", "mae")
 
 
 @dataclass
@@ -140,6 +179,9 @@ class EvalConfig:
     batch_size: int = 64
     seed: int = 0
 
+    def __post_init__(self) -> None:
+        check_range("eval", self, AT_LEAST_ONE, "batch_size", "kshot_trials")
+
 
 @dataclass
 class DataConfig:
@@ -167,6 +209,9 @@ class DataConfig:
     # Invalid manifest rows: strict stops with every error listed; otherwise they are dropped and counted.
     strict: bool = True
 
+    def __post_init__(self) -> None:
+        check_range("data", self, NON_NEGATIVE, "volume_slices", "class_balance", "num_workers")
+
 
 @dataclass
 class PhantomDataConfig:
@@ -179,6 +224,10 @@ class PhantomDataConfig:
     image_size: int = 64
     seed: int = 0
     ensure: bool = False  # generate the phantom at ``root`` when it is absent
+
+    def __post_init__(self) -> None:
+        check_range("phantom", self, AT_LEAST_ONE, "sites", "images_per_site", "image_size")
+        check_range("phantom", self, NON_NEGATIVE, "heldout_images")
 
 
 @dataclass
@@ -201,6 +250,12 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 0  # 0: only at the end
     log_every: int = 10
+
+    def __post_init__(self) -> None:
+        check_range("train", self, AT_LEAST_ONE, "batch_size", "log_every")
+        check_range("train", self, POSITIVE, "lr", "image_lr", "max_seconds")
+        check_range("train", self, NON_NEGATIVE, "steps", "text_lr", "weight_decay", "warmup_steps", "grad_clip",
+                    "checkpoint_every")
 
 
 @dataclass
@@ -273,6 +328,12 @@ class StrategyConfig:
     trim_fraction: float = 0.2  # FedTrimmedAvg: share cut at each end per coordinate
     byzantine_sites: int = 0  # Krum: how many sites may be malicious
 
+    def __post_init__(self) -> None:
+        check_range("strategy", self, POSITIVE_FRACTION, "fraction_train")
+        check_range("strategy", self, FRACTION, "fraction_evaluate")
+        check_range("strategy", self, ("in [0, 0.5)", lambda v: 0 <= v < 0.5), "trim_fraction")
+        check_range("strategy", self, NON_NEGATIVE, "proximal_mu", "byzantine_sites")
+
 
 @dataclass
 class FederationConfig:
@@ -300,6 +361,12 @@ class FederationConfig:
     # How updates travel, for the privacy report; set by the launcher: simulation | tls | insecure.
     transport: str = "simulation"
 
+    def __post_init__(self) -> None:
+        check_range("federation", self, AT_LEAST_ONE, "rounds", "min_sites", "min_available", "sites", "client_cpus",
+                    "ray_cpus")
+        check_range("federation", self, POSITIVE, "connect_timeout", "round_timeout")
+        check_range("federation", self, NON_NEGATIVE, "round_retries", "evaluate_every", "client_gpus")
+
 
 @dataclass
 class GeneratorConfig:
@@ -316,6 +383,10 @@ class GeneratorConfig:
     # categories of the expert dictionary and these modalities. Local training takes both from the data.
     modalities: list[str] = field(default_factory=lambda: ["CFP", "OCT"])
 
+    def __post_init__(self) -> None:
+        check_range("generator", self, AT_LEAST_ONE, "image_size", "num_train_timesteps")
+        check_range("generator", self, FRACTION, "condition_dropout")
+
 
 @dataclass
 class SecAggConfig:
@@ -330,6 +401,10 @@ class SecAggConfig:
     clipping_range: float = 0.5  # each delta coordinate is clipped to [-r, r] before quantisation
     quantization_range: int = 4194304  # levels over [-r, r]: the rounding error is r / this
     modulus_range: int = 4294967296  # arithmetic modulo this for the masked sums
+
+    def __post_init__(self) -> None:
+        check_range("secagg", self, POSITIVE, "clipping_range")
+        check_range("secagg", self, NON_NEGATIVE, "threshold", "neighbours")
 
 
 @dataclass
@@ -365,6 +440,12 @@ class SynthTrainConfig:
     num_workers: int = 1
     log_every: int = 20
 
+    def __post_init__(self) -> None:
+        check_range("train", self, AT_LEAST_ONE, "steps", "batch_size", "log_every")
+        check_range("train", self, POSITIVE, "lr")
+        check_range("train", self, NON_NEGATIVE, "weight_decay", "warmup_steps", "checkpoint_every", "num_workers")
+        check_range("train", self, FRACTION, "ema_decay")
+
 
 @dataclass
 class SynthSampleConfig:
@@ -380,6 +461,9 @@ class SynthSampleConfig:
     shard_size: int = 1000  # images per folder
     seed: int = 0
     use_ema: bool = True
+
+    def __post_init__(self) -> None:
+        check_range("sample", self, AT_LEAST_ONE, "n", "steps", "batch_size", "shard_size")
 
 
 @dataclass

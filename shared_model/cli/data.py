@@ -2,7 +2,7 @@
 
   retina-data phantom --out data/phantom --sites 3 --images-per-site 300 --size 64
   retina-data grid --phantom data/phantom --out docs/img/phantom_grid.png
-  retina-data validate site.csv [more.csv ...]
+  retina-data validate site.csv [more.csv ...] [--no-images]
   retina-data import-flair labels.csv --out manifest.csv [--image-root DIR] [--modality OCT]
   retina-data import-folders ROOT --out manifest.csv [--modality CFP]
 """
@@ -17,8 +17,16 @@ from pathlib import Path
 from rich.console import Console
 
 
+def _image_summary(unreadable: list[str], n_records: int, opened: bool) -> str:
+    if not opened:
+        return "images not opened (--no-images)"
+    return f"{len(unreadable)} of {n_records} images unreadable" if unreadable else "every image opens"
+
+
 def _validate(args: argparse.Namespace) -> int:
-    from shared_model.data.manifest import ManifestError, load_manifest, summarise_issues
+    from rich.markup import escape
+
+    from shared_model.data.manifest import ManifestError, load_manifest, summarise_issues, unreadable_images
 
     console, status = Console(), 0
     logging.getLogger("shared_model.data.manifest").setLevel(logging.ERROR)  # issues are printed below
@@ -27,16 +35,19 @@ def _validate(args: argparse.Namespace) -> int:
             manifest = load_manifest(path, strict=False)
         except ManifestError as exc:
             for issue in exc.issues:
-                console.print(f"[red]{issue}[/red]", highlight=False)
-            console.print(f"[red]{exc}[/red]", highlight=False)
+                console.print(f"[red]{escape(str(issue))}[/red]", highlight=False, soft_wrap=True)
+            console.print(f"[red]{escape(str(exc))}[/red]", highlight=False, soft_wrap=True)
             status = 1
             continue
-        for issue in manifest.issues:
-            console.print(f"[red]{issue}[/red]", highlight=False)
+        unreadable = unreadable_images(manifest.records) if args.images else []
+        for problem in [*map(str, manifest.issues), *unreadable]:
+            console.print(f"[red]{escape(problem)}[/red]", highlight=False, soft_wrap=True)
         splits = {s: len(manifest.select(s)) for s in ("train", "val", "test")}
         summary = summarise_issues(manifest.issues, manifest.n_rows) if manifest.issues else "all rows valid"
-        console.print(f"{path}: {len(manifest.records)} usable rows {splits}; {summary}", highlight=False, soft_wrap=True)
-        status = status or (1 if manifest.issues else 0)
+        console.print(f"{path}: {len(manifest.records)} usable rows {splits}; {summary}; "
+                      f"{_image_summary(unreadable, len(manifest.records), args.images)}", highlight=False,
+                      soft_wrap=True)
+        status = status or (1 if manifest.issues or unreadable else 0)
     return status
 
 
@@ -72,8 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     add_phantom_commands(commands)
-    validate = commands.add_parser("validate", help="check manifests and list every bad row")
+    validate = commands.add_parser("validate", help="check manifests, open every image, list every bad row")
     validate.add_argument("manifests", nargs="+", type=Path)
+    validate.add_argument("--no-images", dest="images", action="store_false",
+                          help="check the table only, without opening the images")
     validate.set_defaults(func=_validate)
     flair = commands.add_parser("import-flair", help="FLAIR-style CSV (image, categories) -> manifest")
     flair.add_argument("csv", type=Path)

@@ -3,17 +3,50 @@ clear line on stderr and exit status 2, instead of a traceback."""
 
 from __future__ import annotations
 
+import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
+from rich.markup import escape
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _folded(text: str) -> str:
+    """A multi-line report as one line (Hydra's search-path listing dropped)."""
+    text = text.split("Config search path:")[0]
+    return "; ".join(line.strip().rstrip(".") for line in text.splitlines() if line.strip())
+
+
+def error_line(exc: BaseException) -> str:
+    """The one-line message of a user error. OmegaConf's report (message, then ``full_key`` and
+    type lines) becomes ``KEY: message``; Hydra's (a failed override with OmegaConf's error as its
+    cause, an unknown config group option with the available ones) is folded around it."""
+    from hydra.errors import HydraException, MissingConfigException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(exc, OmegaConfBaseException):
+        key = getattr(exc, "full_key", None)
+        return f"{key}: {_first_line(exc)}" if key else _first_line(exc)
+    if isinstance(exc, MissingConfigException) and exc.options:
+        return f"{_first_line(exc)}; available options: {', '.join(exc.options)}"
+    if isinstance(exc, HydraException):
+        return f"{error_line(exc.__cause__)} ({_folded(str(exc))})" if exc.__cause__ else _folded(str(exc))
+    return str(exc)
 
 
 @contextmanager
 def user_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Exit with status 2 and the error's message for input problems (and the ``extra`` error
-    types a command names, e.g. a failed federated run); let real bugs raise."""
+    """Exit with status 2 and the error's message for input problems, config composition errors
+    (Hydra, OmegaConf) included (and the ``extra`` error types a command names, e.g. a failed
+    federated run); let real bugs raise."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
     from shared_model.data.manifest import ManifestError
     from shared_model.data.readers import ImageReadError
     from shared_model.model.state_dicts import CheckpointError
@@ -21,7 +54,15 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     try:
         yield
     except (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError,
-            *extra) as exc:
-        Console(stderr=True).print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+            HydraException, OmegaConfBaseException, *extra) as exc:
+        Console(stderr=True).print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
+
+def hydra_cli(entry: Callable[[], None]) -> None:
+    """Run a ``@hydra.main`` entry point so that its composition errors (unknown key, wrong type,
+    unknown config group option) reach :func:`user_errors` as one line and exit status 2, instead
+    of Hydra's multi-line report (``HYDRA_FULL_ERROR`` makes Hydra raise them)."""
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    with user_errors():
+        entry()

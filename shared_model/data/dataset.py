@@ -22,7 +22,7 @@ from shared_model.data.augment import augment_batch, draw_params
 from shared_model.data.manifest import Record
 from shared_model.data.pairing import modality_partners, summarise_pairs
 from shared_model.data.preprocess import prepare_image, to_model_input
-from shared_model.data.readers import ImageReadError, read_image
+from shared_model.data.readers import ImageReadError, read_frames
 from shared_model.model.slice_pooling import SliceLayout, slice_positions
 from shared_model.prompts.captions import build_caption
 
@@ -40,17 +40,6 @@ def sample_seed(seed: int, epoch: int, position: int) -> int:
 def load_slices(record: Record, size: int) -> torch.Tensor:
     """All frames of a record as [S, 3, size, size] in [0, 1] (a 2-D image gives S = 1)."""
     return torch.stack([prepare_image(frame, record.modality, size) for frame in read_frames(record, size)])
-
-
-def read_frames(record: Record, size: int) -> np.ndarray:
-    """A record's decoded frames [S, H, W, C]; a volume whose frame count differs from its
-    manifest's ``frames`` is unreadable (:class:`ImageReadError` naming the file)."""
-    img = read_image(record.image, size)
-    frames = img if img.ndim == 4 else img[None]
-    if record.is_volume and len(frames) != record.frames:
-        raise ImageReadError(f"{record.image}: the manifest ({record.source}, row {record.row}) says "
-                             f"{record.frames} frames, the file has {len(frames)}")
-    return frames
 
 
 def volume_slices(n_frames: int, k: int, gen: torch.Generator | None) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The site manifest: one table (CSV or Parquet) per data set, one row per image or volume.
+"""The site manifest: one table (CSV in UTF-8, or Parquet) per data set, one row per image or volume.
 
 Columns: ``image`` (path relative to the manifest), ``patient_id``, ``eye`` (OD/OS, optional),
 ``modality`` (CFP, OCT, FFA, FAF, ICGA, UWF, ...), ``study_id`` (optional), ``labels``
@@ -9,10 +9,12 @@ are kept as ``extra``.
 
 Validation reports one issue per bad row and field, naming the file and row, plus a summary;
 strict loading refuses a manifest with issues, lenient loading drops those rows and counts them.
+Loading checks that each image file exists; :func:`unreadable_images` also opens every one.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 from collections import Counter
 from dataclasses import dataclass, field
@@ -20,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shared_model.data.readers import ImageReadError, read_frames
 from shared_model.prompts.captions import KNOWN_MODALITIES
 from shared_model.prompts.knowledge import UnknownCategoryError, normalise_label
 
@@ -98,16 +101,32 @@ def summarise_issues(issues: list[ManifestIssue], n_rows: int) -> str:
     return f"{bad_rows} of {n_rows} rows invalid (" + ", ".join(f"{n} {k}" for k, n in kinds.most_common()) + ")"
 
 
+def read_utf8(path: Path) -> str:
+    """The text of a CSV manifest; a byte that is not UTF-8 raises :class:`ManifestError` naming
+    its line, column and byte offset."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        column = exc.start - data.rfind(b"\n", 0, exc.start)
+        raise ManifestError(f"{path}: line {line} (the header is line 1), column {column} (byte offset {exc.start}): "
+                            f"byte 0x{data[exc.start]:02x} is not UTF-8; a manifest must be UTF-8 text: re-save it "
+                            "as UTF-8 (e.g. iconv -f latin1 -t utf-8)") from exc
+
+
 def read_table(path: Path) -> pd.DataFrame:
     """Read a manifest table as strings (empty cells are empty strings)."""
     if not path.is_file():
         raise ManifestError(f"{path}: manifest not found")
+    parquet = path.suffix.lower() in (".parquet", ".pq")
+    source = path if parquet else io.StringIO(read_utf8(path))
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            table = pd.read_parquet(path)
+        if parquet:
+            table = pd.read_parquet(source)
             table = table.astype(object).where(table.notna(), "").astype(str)
         else:
-            table = pd.read_csv(path, dtype=str, keep_default_na=False)
+            table = pd.read_csv(source, dtype=str, keep_default_na=False)
     except Exception as exc:
         raise ManifestError(f"{path}: cannot be parsed as a manifest table ({type(exc).__name__}: {exc})") from exc
     table.columns = [str(c).strip() for c in table.columns]
@@ -200,6 +219,18 @@ def validate_table(table: pd.DataFrame, path: Path, root: Path, strict: bool = T
     if not records:
         raise ManifestError(f"{path}: no usable rows", issues)
     return manifest
+
+
+def unreadable_images(records: list[Record], size_hint: int | None = 64) -> list[str]:
+    """Open every record's image (all frames of a volume) with the project's reader; one line per
+    unreadable file, naming its manifest, row and the reason (``size_hint``: JPEG draft decoding)."""
+    problems = []
+    for record in records:
+        try:
+            read_frames(record, size_hint)
+        except ImageReadError as exc:
+            problems.append(str(ManifestIssue(record.source, record.row, "image", str(exc), "unreadable image")))
+    return problems
 
 
 def expand_manifest_paths(patterns: list[str]) -> list[Path]:

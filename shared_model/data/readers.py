@@ -9,15 +9,25 @@ their full range. Any decoding failure (truncated, corrupt, unsupported) raises
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+
+if TYPE_CHECKING:
+    from shared_model.data.manifest import Record
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 class ImageReadError(OSError):
     """An image file cannot be decoded."""
+
+
+def summarise_unreadable(reasons: list[str], shown: int = 3) -> str:
+    """``N unreadable files: first; second; third; and K more`` for distinct ``reasons`` ("path: reason")."""
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    return f"{len(reasons)} unreadable file{'' if len(reasons) == 1 else 's'}: {'; '.join(reasons[:shown])}{more}"
 
 
 def _pil_frame(frame: Image.Image) -> np.ndarray:
@@ -84,3 +94,14 @@ def read_image(path: str | Path, size_hint: int | None = None) -> np.ndarray:
         raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
     except Exception as exc:  # pydicom raises a variety of types for malformed data
         raise ImageReadError(f"{path}: cannot decode image ({type(exc).__name__}: {exc})") from exc
+
+
+def read_frames(record: Record, size: int | None) -> np.ndarray:
+    """A record's decoded frames [S, H, W, C]; a volume whose frame count differs from its
+    manifest's ``frames`` is unreadable (:class:`ImageReadError` naming the file)."""
+    img = read_image(record.image, size)
+    frames = img if img.ndim == 4 else img[None]
+    if record.is_volume and len(frames) != record.frames:
+        raise ImageReadError(f"{record.image}: the manifest ({record.source}, row {record.row}) says "
+                             f"{record.frames} frames, the file has {len(frames)}")
+    return frames

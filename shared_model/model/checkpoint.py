@@ -36,6 +36,11 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_nbytes(model: torch.nn.Module) -> int:
+    """Bytes of the weights file :func:`save_checkpoint` writes for ``model`` (every state-dict tensor)."""
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
 def save_checkpoint(model: RetinaCLIP, cfg: ModelConfig, out_dir: str | Path, extra: dict | None = None) -> Path:
     """Save weights and config into ``out_dir`` (created if needed); returns the folder."""
     from safetensors.torch import save_file

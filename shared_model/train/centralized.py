@@ -8,23 +8,26 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import torch
 from omegaconf import OmegaConf
 
 from shared_model.config import DataConfig, TrainAppConfig
 from shared_model.data.dataset import RetinaDataset
 from shared_model.data.embedded import ensure_phantom
 from shared_model.data.manifest import Record, expand_manifest_paths, load_manifest
+from shared_model.data.readers import summarise_unreadable
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.losses import EyeCLIPObjective
 from shared_model.losses.objective import term_status
 from shared_model.model import build_model
 from shared_model.atomic_files import write_json_atomic
-from shared_model.model.checkpoint import load_weights, save_checkpoint
+from shared_model.model.checkpoint import load_weights, save_checkpoint, weights_nbytes
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.privacy.session import DPSession
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.reporting.run_report import write_run_report
+from shared_model.run_folder import check_run_folder
 from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,13 @@ def build_training_dataset(records: list[Record], cfg: TrainAppConfig, site: str
     return dataset
 
 
+def checkpoint_nbytes(model: torch.nn.Module) -> int:
+    """Disk bytes of a run's checkpoint folder: the weights, and the trainer state's two AdamW
+    moments per trainable parameter."""
+    moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return weights_nbytes(model) + moments
+
+
 def write_resolved_config(cfg, run_dir: Path) -> None:
     """Save the fully resolved configuration beside the run's outputs."""
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -84,13 +94,15 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     checkpoint, evaluate; returns the evaluation results dict."""
     cfg = resolve_privacy(cfg)
     run_dir = Path(cfg.run_dir)
-    write_resolved_config(cfg, run_dir)
     if cfg.phantom.ensure:
         ensure_phantom(cfg.phantom, progress)
     records = load_training_records(cfg.data)
     device = resolve_device(cfg.train.device)
     seed_everything(cfg.train.seed)
     model = build_model(cfg.model)
+    # Each checkpoint file is replaced through a temporary copy: the old and the new one coexist.
+    check_run_folder(run_dir, 2 * checkpoint_nbytes(model))
+    write_resolved_config(cfg, run_dir)
     objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
     dataset = build_training_dataset(records, cfg)
     ckpt = run_dir / CHECKPOINT_DIR
@@ -128,6 +140,8 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
             break
     metrics.close()
     stats = TrainStats.merge(chunks)
+    if stats.skipped:
+        log.warning("training skipped %s", summarise_unreadable(stats.skipped))
     if dataset.pair_modalities:
         log.info("cross-modality term: %s of %s anchors had a partner; computed in %s of %s steps", f"{stats.paired:,}",
                  f"{stats.anchors:,}", f"{stats.term_steps.get('image_image', 0):,}", f"{stats.steps:,}")

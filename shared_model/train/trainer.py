@@ -59,7 +59,7 @@ class TrainStats:
     seconds: float
     images_per_s: float
     losses: dict[str, float]  # per term and 'total': mean over the steps that computed it
-    skipped: list[str] = field(default_factory=list)  # unreadable images ("path: reason")
+    skipped: list[str] = field(default_factory=list)  # distinct unreadable images ("path: reason")
     term_steps: dict[str, int] = field(default_factory=dict)  # steps that computed each term
     anchors: int = 0  # anchor items trained on
     paired: int = 0  # anchors that had a partner of another modality in their batch
@@ -76,9 +76,9 @@ class TrainStats:
             for name, value in c.losses.items():
                 counts[name] += c.term_steps[name]
                 sums[name] += value * c.term_steps[name]
-        return TrainStats(steps, images, seconds, images / max(seconds, 1e-9),
-                          {n: sums[n] / counts[n] for n in sums}, [r for c in chunks for r in c.skipped],
-                          dict(counts), sum(c.anchors for c in chunks), sum(c.paired for c in chunks))
+        skipped = list(dict.fromkeys(r for c in chunks for r in c.skipped))  # a file once, however often it failed
+        return TrainStats(steps, images, seconds, images / max(seconds, 1e-9), {n: sums[n] / counts[n] for n in sums},
+                          skipped, dict(counts), sum(c.anchors for c in chunks), sum(c.paired for c in chunks))
 
 
 class LocalTrainer:
@@ -96,6 +96,7 @@ class LocalTrainer:
         self.scheduler = build_scheduler(self.optimizer, cfg, total_steps or cfg.steps)
         self.autocast = device.type == "cuda" and cfg.precision == "bf16"
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.unreadable: set[str] = set()  # unreadable images already warned about, once each
 
     # --- one step ----------------------------------------------------------------------------
     def train_step(self, batch: Batch) -> ObjectiveOutput:
@@ -135,7 +136,7 @@ class LocalTrainer:
         """Train for ``steps`` steps (or until ``max_seconds``), continuing the data order where it stopped."""
         sums: dict[str, float] = defaultdict(float)
         counts: dict[str, int] = defaultdict(int)
-        skipped: list[str] = []
+        skipped: dict[str, None] = {}  # distinct, in the order met: a file fails each time it is drawn
         done = images = anchors = paired = 0
         start = time.perf_counter()
         columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -145,10 +146,7 @@ class LocalTrainer:
             while done < steps and not self._out_of_time(start, max_seconds):
                 for batch in self._loader(dataset):
                     self.batch_in_epoch += 1
-                    if batch.skipped:
-                        skipped.extend(batch.skipped)
-                        for reason in batch.skipped:
-                            log.warning("unreadable image skipped: %s", reason)
+                    self._note_unreadable(batch.skipped, skipped)
                     if not self.accepts(batch):
                         continue
                     loss = self.train_step(batch)
@@ -162,7 +160,7 @@ class LocalTrainer:
                     rate = images / max(time.perf_counter() - start, 1e-9)
                     bar.update(task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in loss.terms.items())
                                + f" | {rate:.1f} img/s")
-                    if metrics is not None and (self.step % max(self.cfg.log_every, 1) == 0 or done == steps):
+                    if metrics is not None and (self.step % self.cfg.log_every == 0 or done == steps):
                         metrics.append(self._log_line(loss, rate))
                     if done >= steps or self._out_of_time(start, max_seconds):
                         break
@@ -170,10 +168,16 @@ class LocalTrainer:
                     self.epoch += 1
                     self.batch_in_epoch = 0
         seconds = time.perf_counter() - start
-        if skipped:
-            log.warning("%d unreadable images were skipped in this run", len(skipped))
         return TrainStats(done, images, seconds, images / max(seconds, 1e-9),
-                          {k: v / counts[k] for k, v in sums.items()}, skipped, dict(counts), anchors, paired)
+                          {k: v / counts[k] for k, v in sums.items()}, list(skipped), dict(counts), anchors, paired)
+
+    def _note_unreadable(self, reasons: list[str], skipped: dict[str, None]) -> None:
+        """Add a batch's unreadable images to this run's distinct ``skipped``; warn once per file."""
+        for reason in reasons:
+            skipped[reason] = None
+            if reason not in self.unreadable:
+                self.unreadable.add(reason)
+                log.warning("unreadable image, skipped whenever it is drawn: %s", reason)
 
     @staticmethod
     def _out_of_time(start: float, max_seconds: float | None) -> bool:

@@ -1,6 +1,11 @@
 """Hydra composition: every config group composes, presets have the documented sizes, and
 unknown keys or wrong types fail naming the key."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
@@ -104,3 +109,90 @@ def test_unknown_strategy_is_refused():
 
     with pytest.raises(ValueError, match="fedsgd"):
         build_strategy(StrategyConfig(name="fedsgd"), FederationConfig())
+
+
+@pytest.mark.parametrize("app, override, message", [
+    ("federation", "federation.rounds=-1", "federation.rounds=-1 is out of range: it must be >= 1"),
+    ("federation", "federation.connect_timeout=0", "federation.connect_timeout=0.0 is out of range: it must be > 0"),
+    ("federation", "federation.round_retries=-1", "federation.round_retries=-1 is out of range: it must be >= 0"),
+    ("federation", "strategy.fraction_train=0", "strategy.fraction_train=0.0 is out of range: it must be in (0, 1]"),
+    ("federation", "strategy.fraction_evaluate=1.5",
+     "strategy.fraction_evaluate=1.5 is out of range: it must be in [0, 1]"),
+    ("federation", "secagg.clipping_range=0", "secagg.clipping_range=0.0 is out of range: it must be > 0"),
+    ("train", "train.batch_size=0", "train.batch_size=0 is out of range: it must be >= 1"),
+    ("train", "train.max_seconds=-5", "train.max_seconds=-5.0 is out of range: it must be > 0"),
+    ("train", "train.lr=0", "train.lr=0.0 is out of range: it must be > 0"),
+    ("train", "train.steps=-1", "train.steps=-1 is out of range: it must be >= 0"),
+    ("train", "model.image.image_size=0", "model.image.image_size=0 is out of range: it must be >= 1"),
+    ("train", "phantom.sites=0", "phantom.sites=0 is out of range: it must be >= 1"),
+    ("synth", "sample.n=0", "sample.n=0 is out of range: it must be >= 1"),
+])
+def test_out_of_range_values_are_refused_naming_the_dotted_key(app, override, message):
+    with pytest.raises(ValueError) as info:
+        compose_app(app, [override])
+    assert str(info.value) == message
+
+
+def test_zero_steps_and_unset_optional_values_are_accepted():
+    cfg = compose_app("train", ["train.steps=0", "train.max_seconds=null", "train.checkpoint_every=0"])
+    assert cfg.train.steps == 0 and cfg.train.max_seconds is None  # 0 steps: evaluate the untrained model
+
+
+CONF = Path(__file__).resolve().parents[2] / "shared_model" / "conf"
+
+
+@pytest.mark.parametrize("group, option", sorted((p.parent.name, p.stem) for p in CONF.glob("*/*.yaml")))
+def test_every_packaged_group_option_composes(group, option):
+    app = "federation" if group in ("federation", "strategy", "secagg") or "federat" in option else "train"
+    prefix = "+" if group == "experiment" else ""
+    assert compose_app(app, [f"{prefix}{group}={option}"]) is not None
+
+
+@pytest.mark.parametrize("override, line", [
+    ("train.stepz=3", "train.stepz: Key 'stepz' not in 'TrainConfig' "
+                      "(Could not override 'train.stepz'; To append to your config use +train.stepz=3)"),
+    ("train.steps=abc", "train.steps: Value 'abc' of type 'str' could not be converted to Integer "
+                        "(Error merging override train.steps=abc)"),
+    ("model=nope", "In 'train': Could not find 'model/nope'; "
+                   "available options: base, efficientnet_lite0, resnet50, small, tiny"),
+])
+def test_composition_errors_fold_into_one_line_naming_the_key(override, line):
+    from shared_model.cli.errors import error_line
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_app("train", [override])
+    assert error_line(info.value) == line
+
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.mark.parametrize("command, line", [
+    (["retina-train", "train.stepz=1"], "error: train.stepz: Key 'stepz' not in 'TrainConfig' "
+                                        "(Could not override 'train.stepz'; To append to your config use +train.stepz=1)"),
+    (["retina-train", "model=nope"], "error: In 'train': Could not find 'model/nope'; "
+                                     "available options: base, efficientnet_lite0, resnet50, small, tiny"),
+    (["retina-sim", "federation.rounds=-1"], "error: federation.rounds=-1 is out of range: it must be >= 1"),
+    (["retina-server", "run", "--superlink", "127.0.0.1:9", "--insecure", "train.stepz=3"],
+     "error: train.stepz: Key 'stepz' not in 'TrainConfig' "
+     "(Could not override 'train.stepz'; To append to your config use +train.stepz=3)"),
+    (["retina-synth", "train", "--manifest", "site.csv", "train.steps=0"],
+     "error: train.steps=0 is out of range: it must be >= 1"),
+])
+def test_console_scripts_report_config_errors_in_one_line(command, line, tmp_path):
+    """Each fails at composition, before any data or training: one line on stderr, status 2."""
+    result = subprocess.run([str(BIN / command[0]), *command[1:]], capture_output=True, text=True, timeout=120,
+                            cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert (result.returncode, result.stderr.strip()) == (2, line)
+
+
+def test_a_merge_error_of_a_saved_config_is_one_line(capsys):
+    """``--resume`` / ``--generator`` merge a saved config with overrides: OmegaConf's own errors."""
+    from omegaconf import OmegaConf
+
+    from shared_model.cli.errors import user_errors
+
+    with pytest.raises(SystemExit) as info, user_errors():
+        OmegaConf.merge(OmegaConf.structured(TrainAppConfig), OmegaConf.from_dotlist(["train.steps=abc"]))
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip() == "error: train.steps: Value 'abc' of type 'str' could not be converted to Integer"

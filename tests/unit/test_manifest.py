@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from shared_model.data.manifest import ManifestError, expand_manifest_paths, load_manifest
+from shared_model.data.manifest import ManifestError, expand_manifest_paths, load_manifest, unreadable_images
 
 COLUMNS = ["image", "patient_id", "eye", "modality", "study_id", "labels", "report", "split"]
 
@@ -90,3 +90,53 @@ def test_manifest_globs_are_sorted_and_must_match(tmp_path):
     assert [p.parent.name for p in found] == ["site_0", "site_1"]
     with pytest.raises(ManifestError, match="no manifest matches"):
         expand_manifest_paths([str(tmp_path / "none_*" / "manifest.csv")])
+
+
+def test_a_byte_that_is_not_utf8_is_named_by_line_column_and_offset(tmp_path):
+    path = _write(tmp_path, GOOD)
+    lines = path.read_bytes().split(b"\n")
+    lines[2] = lines[2].replace(b"Cysts.", b"Cysts \xe9.")  # Latin-1 e-acute in row 2's report
+    path.write_bytes(b"\n".join(lines))
+    column = lines[2].index(b"\xe9") + 1
+    offset = len(lines[0]) + len(lines[1]) + 2 + column - 1
+    with pytest.raises(ManifestError) as info:
+        load_manifest(path)
+    assert str(info.value) == (f"{path}: line 3 (the header is line 1), column {column} "
+                               f"(byte offset {offset}): byte 0xe9 is not UTF-8; a manifest must be UTF-8 text: "
+                               "re-save it as UTF-8 (e.g. iconv -f latin1 -t utf-8)")
+
+
+def test_utf8_with_a_byte_order_mark_loads(tmp_path):
+    path = _write(tmp_path, GOOD)
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_manifest(path).records[0].labels == ("moderate_npdr",)
+
+
+def _with_broken_images(tmp_path: Path) -> Path:
+    path = _write(tmp_path, GOOD + [["images/empty.png", "p3", "OD", "CFP", "", "normal", "", "train"],
+                                    ["images/cut.png", "p4", "OD", "CFP", "", "normal", "", "train"]])
+    (tmp_path / "images" / "empty.png").write_bytes(b"")
+    whole = (tmp_path / "images" / "ok0.png").read_bytes()
+    (tmp_path / "images" / "cut.png").write_bytes(whole[: len(whole) // 2])
+    return path
+
+
+def test_unreadable_images_names_each_file_with_its_row(tmp_path):
+    path = _with_broken_images(tmp_path)
+    images = tmp_path / "images"
+    assert unreadable_images(load_manifest(path).records) == [
+        f"{path}: row {row}, field 'image': {images / name}: cannot decode image (UnidentifiedImageError: "
+        f"cannot identify image file '{images / name}')" for row, name in ((4, "empty.png"), (5, "cut.png"))]
+
+
+def test_validate_opens_every_image_unless_told_not_to(tmp_path, capsys):
+    from shared_model.cli.data import main
+
+    path = _with_broken_images(tmp_path)
+    assert main(["validate", str(path)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(": ")[1] for line in out[:2]] == ["row 4, field 'image'", "row 5, field 'image'"]
+    assert out[2] == f"{path}: 5 usable rows {{'train': 4, 'val': 1, 'test': 0}}; all rows valid; 2 of 5 images unreadable"
+    assert main(["validate", "--no-images", str(path)]) == 0
+    assert capsys.readouterr().out.strip() == (f"{path}: 5 usable rows {{'train': 4, 'val': 1, 'test': 0}}; all rows "
+                                               "valid; images not opened (--no-images)")

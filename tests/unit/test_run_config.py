@@ -38,3 +38,10 @@ def test_flower_app_lists_exactly_the_schema_keys(tmp_path):
     assert unflatten_config(config, FederationAppConfig) == cfg
     assert manifest["tool"]["flwr"]["app"]["components"] == {"serverapp": "server.server_app:app",
                                                              "clientapp": "client.client_app:app"}
+
+
+def test_out_of_range_value_is_refused_when_the_server_app_rebuilds_the_config():
+    flat = flatten_config(FederationAppConfig())
+    with pytest.raises(ValueError) as info:
+        unflatten_config({**flat, "federation.round_timeout": -1.0}, FederationAppConfig)
+    assert str(info.value) == "federation.round_timeout=-1.0 is out of range: it must be > 0"

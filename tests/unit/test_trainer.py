@@ -12,6 +12,7 @@ from shared_model.data.manifest import load_manifest
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.train import LocalTrainer, seed_everything
+from shared_model.train.trainer import TrainStats
 
 
 @pytest.fixture(scope="module")
@@ -74,3 +75,17 @@ def test_objective_flags_coupled_terms_for_dp(tiny_model_cfg):
     assert EyeCLIPObjective(LossConfig(image_text=0, image_image=0)).per_example_decomposable(model)
     no_mae = build_model(dataclasses.replace(tiny_model_cfg, mae=dataclasses.replace(tiny_model_cfg.mae, enabled=False)))
     assert EyeCLIPObjective(LossConfig(image_text=0, image_image=0)).active_terms(no_mae) == []
+
+
+def test_an_unreadable_image_is_one_skipped_file_however_often_it_fails(tiny_model_cfg, records, tmp_path, caplog):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG cut")
+    some = [*records[:7], dataclasses.replace(records[7], image=broken)]  # one batch of 8 an epoch
+    trainer, _ = _trainer(tiny_model_cfg, some, 4)
+    ds = RetinaDataset(some, 64, train=True)
+    with caplog.at_level("WARNING", logger="shared_model.train.trainer"):
+        chunks = [trainer.run(ds, 2, progress=False) for _ in range(2)]  # 2 epochs a chunk: drawn 4 times
+    reason = f"{broken}: cannot decode image (UnidentifiedImageError: cannot identify image file '{broken}')"
+    assert [c.skipped for c in chunks] == [[reason], [reason]]
+    assert TrainStats.merge(chunks).skipped == [reason]
+    assert caplog.messages == [f"unreadable image, skipped whenever it is drawn: {reason}"]
