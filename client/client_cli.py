@@ -2,21 +2,28 @@
 
   retina-client check --manifest site.csv [--device auto]
   retina-client --manifest site.csv --server HOST:PORT --name eye-clinic \\
-      --root-certificates ca.crt --auth-key site.key [--state-dir DIR] [--device auto] [--port 9094]
+      --root-certificates ca.crt --auth-key site.key [--state-dir DIR] [--device auto] [--port PORT]
   retina-client ... --insecure            (loopback tests only: no TLS, no site key; prints a warning)
 
-Joining validates the manifest, then becomes Flower's SuperNode (same process id, so the site's
-service manager or a test can stop it by PID). By default it connects over TLS (the federation's
-CA, or the system's CAs without ``--root-certificates``) and proves its identity with the private
-key from ``retina-server pki add-site``; a SuperLink that does not know the key refuses the site. The manifest path, state folder and device go to
-the SuperNode's node config, read only by this site's ClientApp; they never reach the coordinator.
-Runtime dependency installation, update checks and telemetry are off.
+Joining validates the manifest, then runs Flower's SuperNode as its child: Flower's lines are
+passed through, and the refusals Flower reports only by code (an unregistered key, a key already
+online, another federation's CA) end with one line naming the cause and the fix. SIGTERM/SIGINT
+reach the SuperNode, and this process exits with it, so a service manager or a test still stops
+the site by this PID. By default it connects over TLS (the federation's CA, or the system's CAs
+without ``--root-certificates``) and proves its identity with the private key from ``retina-server
+pki add-site``; the coordinator attributes its updates to the name that key is registered under.
+The SuperNode's local ClientApp port is a free loopback port unless ``--port`` names one (an
+occupied one is refused), so several sites can share a host. The manifest path, state folder and
+device go to the SuperNode's node config, read only by this site's ClientApp; they never reach
+the coordinator. Runtime dependency installation, update checks and telemetry are off.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
+import signal
+import socket
+import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -29,18 +36,12 @@ def _check(args: argparse.Namespace) -> int:
     """Validate the manifest, read every image, and report what the site would train on."""
     import torch
 
-    from shared_model.data.manifest import load_manifest
-    from shared_model.data.readers import ImageReadError, read_image
+    from shared_model.data.manifest import load_manifest, unreadable_images
     from shared_model.train.trainer import resolve_device
 
     console = Console()
     manifest = load_manifest(args.manifest)
-    unreadable = []
-    for record in manifest.records:
-        try:
-            read_image(record.image, 64)
-        except ImageReadError as exc:
-            unreadable.append(str(exc))
+    unreadable = unreadable_images(manifest.records)
     splits = Counter(r.split for r in manifest.records)
     modalities = Counter(r.modality for r in manifest.records)
     labels = Counter(label for r in manifest.records for label in r.labels)
@@ -93,8 +94,58 @@ def supernode_command(args: argparse.Namespace) -> list[str]:
     return command + ["--auth-supernode-private-key", str(key)]
 
 
+def clientapp_port(requested: int | None) -> int:
+    """The SuperNode's local ClientApp port: ``requested`` if it is free (ValueError naming it
+    otherwise), else a free loopback port."""
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", requested or 0))
+        except OSError as exc:
+            raise ValueError(f"--port {requested}: the SuperNode's ClientApp port is in use on this host ({exc.strerror}; "
+                             "another site?). Give another --port, or leave it out to take a free one") from exc
+        return sock.getsockname()[1]
+
+
+# Flower's words for a refusal -> the cause and the fix, in one sentence.
+REFUSALS = (
+    ("Failed to activate SuperNode", "the SuperLink refused this site's key: either it is not registered (the "
+     "coordinator registers site.pub with: retina-server pki add-site NAME --public-key site.pub --superlink HOST:PORT) "
+     "or a SuperNode with this key is already online (stop the other one)"),
+    ("CERTIFICATE_VERIFY_FAILED", "the coordinator's TLS certificate is not signed by the CA given with "
+     "--root-certificates: use the ca.crt of this federation's bundle"),
+    ("SuperLink is unavailable", "the coordinator's SuperLink cannot be reached: check --server (host and port) "
+     "and that outbound TCP to it is allowed"),
+)
+
+
+def run_supernode(command: list[str], env: dict[str, str]) -> int:
+    """Run the SuperNode, pass its output through, forward SIGTERM/SIGINT to it; returns its exit
+    status, after one line naming the cause of a refusal it reported."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace")
+
+    def forward(signum, frame):  # noqa: ARG001 — the signal handler signature
+        proc.send_signal(signum)
+
+    before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    causes = []
+    try:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            causes += [cause for words, cause in REFUSALS if words in line and cause not in causes]
+        code = proc.wait()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    if code != 0 and causes:
+        Console(stderr=True).print(f"[red]error:[/red] {causes[0]}", highlight=False, soft_wrap=True)
+        return 2
+    return code
+
+
 def _join(args: argparse.Namespace) -> NoReturn:
-    """Refuse a bad manifest, then replace this process with the site's SuperNode."""
+    """Refuse a bad manifest or an occupied port, then run the site's SuperNode until it ends."""
     from shared_model.data.manifest import load_manifest
     from shared_model.offline_env import offline_env
 
@@ -104,10 +155,11 @@ def _join(args: argparse.Namespace) -> NoReturn:
     load_manifest(args.manifest)
     _, _, state_dir = site_paths(args)
     state_dir.mkdir(parents=True, exist_ok=True)
+    args.port = clientapp_port(args.port)
     command = supernode_command(args)
     Console().print(f"joining {args.server} as site {command[command.index('--node-config') + 1]}", highlight=False)
     sys.stdout.flush()
-    os.execve(command[0], command, offline_env(state_dir / "flwr-home"))
+    sys.exit(run_supernode(command, offline_env(state_dir / "flwr-home")))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,13 +173,19 @@ def main(argv: list[str] | None = None) -> None:
 
         with user_errors():
             sys.exit(_check(args))
-    parser = argparse.ArgumentParser(prog="retina-client", description="Join a RetinaFL federation as a site.")
+    parser = argparse.ArgumentParser(
+        prog="retina-client", description="Join a RetinaFL federation as a site.",
+        epilog="Before joining: retina-client check --manifest site.csv [--device auto] validates every row and "
+               "image, prints the modality and label mix and the device, and ends with 'ready to join' or the "
+               "problems found.")
     parser.add_argument("--manifest", required=True, type=Path, help="this site's manifest (CSV or Parquet)")
     parser.add_argument("--server", required=True, help="the coordinator's SuperLink, HOST:PORT")
-    parser.add_argument("--name", help="site name shown to the coordinator (default: the manifest's folder name)")
+    parser.add_argument("--name", help="this site's name: the one the coordinator registered its key under "
+                        "(updates under another name are rejected; default: the manifest's folder name)")
     parser.add_argument("--state-dir", help="where this site keeps its trainer state (default ~/.retinafl/sites/NAME)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    parser.add_argument("--port", type=int, default=9094, help="local port of the SuperNode's ClientApp API")
+    parser.add_argument("--port", type=int, help="local (loopback) port of the SuperNode's ClientApp API "
+                        "(default: a free one)")
     security = parser.add_mutually_exclusive_group()
     security.add_argument("--root-certificates", help="the federation's CA certificate (default: the system's CAs)")
     security.add_argument("--insecure", action="store_true", help="no TLS, no site key (loopback tests only)")

@@ -20,16 +20,19 @@ from shared_model.config import FederationAppConfig
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.model import build_model
-from shared_model.model.checkpoint import WEIGHTS, load_weights
+from shared_model.model.checkpoint import WEIGHTS, load_weights, weights_nbytes
 from shared_model.model.exchange import app_version, exchanged_state_dict, load_exchanged_state_dict, schema_digest
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.reporting.metrics_log import METRICS_FILE, MetricsLog
 from shared_model.reporting.run_report import refresh_report
+from shared_model.run_folder import check_run_folder
 from shared_model.train.trainer import resolve_device, seed_everything
 from server.central_dp import SITE_WEIGHT_KEY, CentralAccountant, wrap_central_dp
 from server.privacy_report import write_privacy_report
-from server.round_checkpoint import ServerState, clip_writer, latest_round, load_strategy_state, save_round
+from server.round_checkpoint import (KEEP_ROUNDS, ServerState, clip_writer, latest_round, load_strategy_state, remove_partial_rounds,
+                                     save_round, update_round_state)
 from server.rounds import RoundReport, run_rounds
+from server.run_lock import RunLock
 from server.strategy_registry import build_strategy, restore_strategy_state, strategy_state
 
 log = logging.getLogger(__name__)
@@ -56,7 +59,8 @@ def history_record(report: RoundReport, server_eval: dict | None) -> dict:
             "federated_eval": _deterministic(report.evaluate_metrics),
             "site_eval": {name: _deterministic(m) for name, m in report.site_evaluations.items()},
             "server_eval": server_eval,
-            "rejected": report.rejected, "attempts": report.attempts,
+            "rejected": list(report.rejected), "attempts": report.attempts,
+            **({"evaluation_skipped": report.evaluation_skipped} if report.evaluation_skipped else {}),
             "bytes_sent": report.bytes_sent, "bytes_received": report.bytes_received}
 
 
@@ -75,7 +79,7 @@ def sites_summary(record: dict) -> tuple[str, str]:
     return label, " / ".join(site_summary(m) for m in record["sites"].values())
 
 
-def round_row(record: dict, seconds: float) -> str:
+def round_row(record: dict, seconds: float | None) -> str:
     """One printable line (80 columns for a few sites): each site's loss (ε under DP-SGD), the
     aggregate's zero-shot ACA per task (named by modality alone when there is one set), time,
     bytes moved."""
@@ -85,15 +89,20 @@ def round_row(record: dict, seconds: float) -> str:
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
     label, sites = sites_summary(record)
     shown = f"ACA {aca}" if aca else "not evaluated"
-    return f"round {record['round']}  {label} {sites}  {shown}  {seconds:.0f} s  {moved:.0f} MiB"
+    took = "–" if seconds is None else f"{seconds:.0f}"
+    return f"round {record['round']}  {label} {sites}  {shown}  {took} s  {moved:.0f} MiB"
 
 
-def _drop_metrics_after(path: Path, last_round: int) -> None:
-    """Keep the ``metrics.jsonl`` lines of rounds up to ``last_round``: rounds after the checkpoint
-    a run resumes from are run again and logged again."""
-    if path.is_file():
-        lines = [line for line in path.read_text().splitlines() if line.strip()]
-        write_text_atomic(path, "".join(line + "\n" for line in lines if json.loads(line)["round"] <= last_round))
+def _sync_metrics(path: Path, history: list[dict]) -> None:
+    """Make ``metrics.jsonl`` hold exactly the rounds of the checkpoint a run resumes from: later
+    rounds are run again and logged again; a checkpointed round whose line was never written
+    (the run ended during its federated evaluation) is logged from the checkpoint, untimed."""
+    last_round = history[-1]["round"] if history else 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+    kept = [line for line in lines if json.loads(line)["round"] <= last_round]
+    logged = {json.loads(line)["round"] for line in kept}
+    kept += [json.dumps({**record, "seconds": None}) for record in history if record["round"] not in logged]
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _privacy_state(cfg: FederationAppConfig) -> dict:
@@ -119,15 +128,23 @@ def worst_site_privacy(privacy: dict) -> dict:
     return max(sites, key=lambda s: s["epsilon"]) if sites else {"mode": "none"}
 
 
-def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None) -> ServerState:
-    """Run (or resume) the federated training described by ``cfg`` over ``grid``."""
-    console = console or Console()
+def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None = None,
+                   run_id: int | None = None) -> ServerState:
+    """Run (or resume) the federated training described by ``cfg`` over ``grid``, holding the
+    run folder for run ``run_id`` (a second live run on it stops here, before writing)."""
+    with RunLock(Path(cfg.run_dir), run_id):
+        return _federate(grid, cfg, console or Console())
+
+
+def _federate(grid: Grid, cfg: FederationAppConfig, console: Console) -> ServerState:
     cfg = resolve_privacy(cfg)
     run_dir = Path(cfg.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_rounds(run_dir)
     seed_everything(cfg.train.seed)
     device = resolve_device(cfg.train.device)
     model = _task_model(cfg)
+    # The kept rounds and the one being written, each with weights and up to two optimizer moments.
+    check_run_folder(run_dir, (KEEP_ROUNDS + 1) * 3 * weights_nbytes(model))
     central = cfg.privacy.central != "none"
     strategy = build_strategy(cfg.strategy, cfg.federation, SITE_WEIGHT_KEY if central else "num-examples")
     state = ServerState(0, [], cfg.strategy.name, {**_privacy_state(cfg), "model_fixes": getattr(model, "dp_fixes", [])})
@@ -141,7 +158,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
             raise ValueError(f"{folder}: written by strategy {state.strategy!r}, config asks for {cfg.strategy.name!r}")
         load_weights(model, folder / WEIGHTS)
         restore_strategy_state(strategy, load_strategy_state(folder))
-        _drop_metrics_after(run_dir / METRICS_FILE, state.round)
+        _sync_metrics(run_dir / METRICS_FILE, state.history)
         console.print(f"resuming {run_dir} after round {state.round}")
     accountant = None
     if central:
@@ -152,6 +169,7 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
     train_config = ConfigRecord({"model-schema": schema_digest(arrays), "app-version": app_version()})
     model.to(device)
     last_results: dict = {}
+    server_eval: dict = {}  # this round's zero-shot summary (empty: not evaluated)
     metrics = MetricsLog(run_dir, cfg.report.tensorboard)
 
     def write_model(folder: Path, server_round: int) -> list[str]:
@@ -163,38 +181,49 @@ def run_federation(grid: Grid, cfg: FederationAppConfig, console: Console | None
 
         return save_generator(model, None, folder, {"round": server_round, "privacy": worst_site_privacy(state.privacy)})
 
-    def after_round(aggregate: ArrayRecord, report: RoundReport) -> None:
+    def after_training(aggregate: ArrayRecord, report: RoundReport) -> None:
+        # Kept at once: whatever happens during federated evaluation, this round is not lost.
         load_exchanged_state_dict(model, aggregate.to_torch_state_dict())
         due = report.round == cfg.federation.rounds or (
             cfg.federation.evaluate_every > 0 and report.round % cfg.federation.evaluate_every == 0)
-        server_eval = None
+        server_eval.clear()
         if due and cfg.eval.sets and cfg.task == "clip":
             start = time.perf_counter()
             last_results.clear()
             last_results.update(evaluate_model(model, cfg.eval, cfg.model.image.image_size, device))
-            server_eval = zero_shot_summary(last_results)
+            server_eval.update(zero_shot_summary(last_results))
             report.seconds += time.perf_counter() - start
-        record = history_record(report, server_eval)
         state.round = report.round
-        state.history.append(record)
+        state.history.append(history_record(report, dict(server_eval) or None))
         privacy_round = {"round": report.round, "sites": report.site_privacy, "secagg": report.secagg}
         if accountant is not None:
             privacy_round.update(central_sites=len(report.sites), central_epsilon=accountant.release(len(report.sites)))
             state.privacy["central"].update(accountant=accountant.state_dict(), epsilon=accountant.epsilon(),
                                             delta=accountant.delta)
         state.privacy["rounds"].append(privacy_round)
-        save_round(run_dir, write_model, strategy_state(strategy), state)  # weights copied to CPU there
-        write_privacy_report(run_dir, cfg, state.privacy)
+        grid.get_node_ids()  # raises if the run was stopped meanwhile: a stopped run writes no further round
+        try:
+            save_round(run_dir, write_model, strategy_state(strategy), state)  # weights copied to CPU there
+            write_privacy_report(run_dir, cfg, state.privacy)
+        except OSError as exc:
+            raise OSError(f"round {report.round} could not be written to {run_dir} ({exc}); the run folder keeps "
+                          "the rounds before it") from exc
+
+    def after_evaluation(report: RoundReport) -> None:
+        record = history_record(report, dict(server_eval) or None)
+        if record != state.history[-1]:
+            state.history[-1] = record
+            update_round_state(run_dir, state)
         timings = {"seconds": report.seconds, "site_seconds": {n: m.get("seconds") for n, m in report.sites.items()}}
-        central_epsilon = {"central_epsilon": privacy_round["central_epsilon"]} if accountant is not None else {}
-        metrics.append({**record, **timings, **central_epsilon})
+        central = state.privacy["rounds"][-1].get("central_epsilon")
+        metrics.append({**record, **timings, **({"central_epsilon": central} if accountant is not None else {})})
         console.print(round_row(record, report.seconds))
         if cfg.report.html:
             refresh_report(run_dir)
 
-    run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_round,
-               federated_eval=cfg.strategy.fraction_evaluate > 0 and cfg.task == "clip", secagg=cfg.secagg,
-               train_config=train_config)
+    run_rounds(grid, strategy, arrays, state.round + 1, cfg.federation, cfg.train.seed, after_training,
+               after_evaluation, federated_eval=cfg.strategy.fraction_evaluate > 0 and cfg.task == "clip",
+               secagg=cfg.secagg, train_config=train_config)
     if last_results:
         write_report({**last_results, "meta": {"round": state.round, "strategy": cfg.strategy.name,
                                                "config": asdict(cfg.federation)}},

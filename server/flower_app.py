@@ -24,7 +24,7 @@ CLIENT_APP = "client.client_app:app"
 def flower_app_manifest(cfg) -> dict:
     """The pyproject table of the run's Flower app."""
     return {
-        "project": {"name": "retinafl-run", "version": "1.0.0", "dependencies": [],
+        "project": {"name": "retinafl-run", "version": "1.0.0", "dependencies": [], "license": "Apache-2.0",
                     "description": "A RetinaFL federated run (generated; the code is the installed retinafl package)"},
         "tool": {"flwr": {"app": {"publisher": "retinafl",
                                   "components": {"serverapp": SERVER_APP, "clientapp": CLIENT_APP},

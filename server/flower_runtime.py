@@ -6,7 +6,9 @@ with ``flwr run`` and waiting for its final status.
 succeeded, so :func:`wait_for_run` asks the SuperLink's Control API for the run's status (the
 request ``flwr ls`` makes, from this process: a ``flwr ls`` process per poll costs about a second
 of CPU, taken from the sites' training on a small simulation machine), with a deadline, and
-raises with Flower's status details when the run failed or stopped.
+raises with Flower's status details when the run failed or stopped. The same client stops a run
+(:func:`stop_run`) and lists the registered sites with their names (:func:`list_nodes`).
+Flower's own refusals are translated into what an operator can act on (:func:`explain_refusal`).
 """
 
 from __future__ import annotations
@@ -93,12 +95,18 @@ def flwr_json(args: list[str], env: dict[str, str]) -> dict:
 
 
 def register_site_key(public_key: Path, name: str, connection: Connection) -> int:
-    """Register a site's public key with the SuperLink (``flwr supernode register``) from a
-    temporary FLWR_HOME; returns the node id Flower assigned."""
+    """Register a site's public key under its name with the SuperLink (``flwr supernode
+    register``) from a temporary FLWR_HOME; returns the node id Flower assigned. A name another
+    registered key already has is refused: the name is how the coordinator tells sites apart."""
     with tempfile.TemporaryDirectory(prefix="retinafl-register-") as home:
         write_connections(Path(home), [connection])
-        reply = flwr_json(["supernode", "register", str(public_key), connection.name, "--name", name],
-                          offline_env(Path(home)))
+        env = offline_env(Path(home))
+        with control_client(connection, env) as client:
+            taken = [n.node_id for n in list_nodes(client) if n.name == name and n.status != "unregistered"]
+        if taken:
+            raise FlowerRunError(f"site name {name!r} is already registered with {connection.address} (node id "
+                                 f"{taken[0]}): every site needs its own name")
+        reply = flwr_json(["supernode", "register", str(public_key), connection.name, "--name", name], env)
     if not reply.get("success", True) or "node-id" not in reply:
         raise FlowerRunError(f"registering {public_key} was refused: {reply}")
     return int(reply["node-id"])
@@ -109,10 +117,40 @@ def submit_run(app_dir: Path, connection: str, env: dict[str, str], federation_c
     args = ["run", str(app_dir), connection, "--format", "json"]
     if federation_config:
         args += ["--federation-config", " ".join(f"{k}={json.dumps(v)}" for k, v in federation_config.items())]
-    reply = _json_tail(_flwr(args, env))
+    try:
+        reply = _json_tail(_flwr(args, env))
+    except FlowerRunError as exc:
+        raise FlowerRunError(explain_refusal(str(exc), connection, env)) from exc
     if not reply.get("success", False) or "run-id" not in reply:
-        raise FlowerRunError(f"flwr run was refused: {reply}")
+        said = str(reply.get("error-message", reply)).strip().split("\n\n")[-1]  # after Flower's app warnings
+        raise FlowerRunError(explain_refusal(f"flwr run was refused: {said}", connection, env))
     return int(reply["run-id"])
+
+
+def explain_refusal(message: str, connection: str, env: dict[str, str]) -> str:
+    """One sentence naming the cause and the fix of a refused ``flwr`` call (Flower's own
+    message follows it), or the message unchanged when the cause is not a known one."""
+    lowered = message.lower()
+    address = _connection_address(connection, env)
+    if "certificate" in lowered or "ssl" in lowered or "tls" in lowered:
+        cause = (f"the TLS handshake with the SuperLink at {address} failed: give --root-certificates the "
+                 "federation's CA (pki/ca.crt of retina-server pki init)")
+    elif any(word in lowered for word in ("unavailable", "connection refused", "failed to connect", "resolve")):
+        cause = (f"the SuperLink at {address} cannot be reached: check that it is running (retina-server "
+                 "superlink), the address and port, and --root-certificates (the federation's CA)")
+    else:
+        return message
+    return f"{cause}. Flower said: {message}"
+
+
+def _connection_address(connection: str, env: dict[str, str]) -> str:
+    import tomllib
+
+    try:
+        table = tomllib.loads((Path(env["FLWR_HOME"]) / "config.toml").read_text())
+        return str(table["superlink"][connection]["address"])
+    except (OSError, KeyError, ValueError):
+        return connection
 
 
 @contextmanager
@@ -169,22 +207,56 @@ def run_status(client, run_id: int) -> tuple[str, str]:
     return text, status.details
 
 
+def stop_run(client, run_id: int) -> bool:
+    """Ask the SuperLink to stop a run (its ServerApp exits at its next call to the SuperLink);
+    False when the run had already finished."""
+    from flwr.proto.control_pb2 import StopRunRequest  # pylint: disable=no-name-in-module
+
+    try:
+        return bool(client.StopRun(StopRunRequest(run_id=run_id)).success)
+    except Exception as exc:  # noqa: BLE001 — Flower raises its own error types for a finished run
+        if run_status(client, run_id)[0].startswith("finished"):
+            return False
+        raise FlowerRunError(f"stopping run {run_id} failed: {exc}") from exc
+
+
+def list_nodes(client) -> list:
+    """The SuperLink's sites (Flower ``NodeInfo``: node id, registered name, status, times)."""
+    from flwr.proto.control_pb2 import ListNodesRequest  # pylint: disable=no-name-in-module
+
+    return list(client.ListNodes(ListNodesRequest()).nodes_info)
+
+
 def wait_for_run(run_id: int, connection: Connection, env: dict[str, str], timeout: float, poll: float = 1.0,
-                 on_poll=None) -> None:
-    """Block until the run finishes; FlowerRunError unless it completed (or after ``timeout`` s).
-    ``on_poll()`` runs at every poll (e.g. to print rounds as they complete)."""
+                 on_poll=None, unreachable_timeout: float = 300.0) -> None:
+    """Block until the run finishes; FlowerRunError unless it completed (or after ``timeout`` s,
+    when the run is stopped). ``on_poll()`` runs at every poll (e.g. to print rounds as they
+    complete). A SuperLink that stops answering is asked again for ``unreachable_timeout`` s (it
+    may be restarting) before the wait gives up."""
     deadline = time.monotonic() + timeout
+    silent_since = None
     with control_client(connection, env) as client:
         while True:
             if on_poll is not None:
                 on_poll()
-            status, details = run_status(client, run_id)
+            try:
+                status, details = run_status(client, run_id)
+                silent_since = None
+            except FlowerRunError as exc:
+                if "unknown to the SuperLink" in str(exc):
+                    raise
+                silent_since = silent_since or time.monotonic()
+                if time.monotonic() - silent_since > unreachable_timeout:
+                    raise FlowerRunError(f"the SuperLink at {connection.address} has not answered for "
+                                         f"{unreachable_timeout:.0f} s ({exc})") from exc
+                time.sleep(poll)
+                continue
             if status == FINISHED:
                 return
             if status.startswith("finished"):
                 raise FlowerRunError(f"run {run_id} {status}: {details}")
             if time.monotonic() > deadline:
-                _flwr(["stop", str(run_id), connection.name], env)
+                stop_run(client, run_id)
                 raise FlowerRunError(f"run {run_id} still {status} after {timeout:.0f} s; stopped")
             time.sleep(poll)
 
@@ -235,3 +307,69 @@ def local_superlink_pids(home: Path) -> list[int]:
             if "flower-superlink" in cmdline and marker in cmdline:
                 pids.append(int(proc.name))
     return pids
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """(parent pid, process group) of a live process, from /proc (None once it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[1]), int(fields[2])
+
+
+def process_tree(roots: list[int]) -> list[int]:
+    """``roots``, all their descendants and every member of their process groups (Flower's
+    SuperExec, ``flwr-simulation`` and Ray's gcs_server, raylet and workers under a local
+    SuperLink), read before anything is stopped: a child whose parent dies is re-parented and
+    could no longer be found."""
+    stats = {int(p.name): _proc_stat(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    stats = {pid: st for pid, st in stats.items() if st is not None}
+    tree, frontier = set(roots) & set(stats), list(set(roots) & set(stats))
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, (ppid, _) in stats.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    groups = {stats[pid][1] for pid in tree} - {os.getpgrp()}
+    tree.update(pid for pid, (_, pgid) in stats.items() if pgid in groups)
+    tree.discard(os.getpid())
+    return sorted(tree)
+
+
+def stop_process_tree(roots: list[int], at_once: bool = False, timeout: float = 10.0) -> None:
+    """Stop ``roots`` and everything :func:`process_tree` finds under them. Gracefully (SIGTERM,
+    SIGKILL after ``timeout`` s), or ``at_once``: frozen first (SIGSTOP), so none of them
+    writes another byte, then killed."""
+    pids = process_tree(roots)
+    for sig in ((signal.SIGSTOP, signal.SIGKILL) if at_once else (signal.SIGTERM,)):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = [pid for pid in pids if _alive(pid)]
+        if not alive:
+            return
+        time.sleep(0.1)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        finished, _ = os.waitpid(pid, os.WNOHANG)
+        if finished:
+            return False
+    except ChildProcessError:
+        pass
+    state = Path(f"/proc/{pid}/stat")
+    try:
+        return state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False

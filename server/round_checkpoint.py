@@ -75,8 +75,7 @@ def save_round(run_dir: Path, write_model: Callable[[Path, int], list[str]], str
     written = write_model(tmp, state.round)
     save_file(strategy_state, str(tmp / STRATEGY_FILE), metadata={"format": FORMAT})
     files = {name: sha256_file(tmp / name) for name in (*written, STRATEGY_FILE)}
-    write_json_atomic(tmp / STATE_FILE, {"format": FORMAT, "round": state.round, "strategy": state.strategy,
-                                         "history": state.history, "privacy": state.privacy, "files": files})
+    _write_state(tmp, state, files)
     for path in tmp.iterdir():
         with open(path, "rb") as fh:
             os.fsync(fh.fileno())
@@ -86,6 +85,38 @@ def save_round(run_dir: Path, write_model: Callable[[Path, int], list[str]], str
     for old in sorted(final.parent.glob("round_[0-9][0-9][0-9][0-9]"))[:-KEEP_ROUNDS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _write_state(folder: Path, state: ServerState, files: dict[str, str]) -> None:
+    write_json_atomic(folder / STATE_FILE, {"format": FORMAT, "round": state.round, "strategy": state.strategy,
+                                            "history": state.history, "privacy": state.privacy, "files": files})
+
+
+def update_round_state(run_dir: Path, state: ServerState) -> None:
+    """Rewrite the saved round's ``server_state.json`` with ``state`` (the round's record after
+    its federated evaluation); the weights and their hashes stay as written."""
+    folder = round_dir(run_dir, state.round)
+    _write_state(folder, state, json.loads((folder / STATE_FILE).read_text())["files"])
+
+
+def remove_partial_rounds(run_dir: Path) -> list[Path]:
+    """Delete ``round_NNNN.tmp`` folders a crash left half-written; returns them."""
+    partial = sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9].tmp"))
+    for folder in partial:
+        log.warning("removing %s: a round checkpoint left half-written", folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    return partial
+
+
+def scan_rounds(run_dir: Path) -> tuple[tuple[Path, ServerState] | None, list[str]]:
+    """The newest round checkpoint that verifies, and why each newer one was skipped."""
+    skipped = []
+    for folder in sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9]"), reverse=True):
+        try:
+            return (folder, verify_round(folder)), skipped
+        except RoundCheckpointError as exc:
+            skipped.append(f"skipping corrupt round checkpoint: {exc}")
+    return None, skipped
 
 
 def verify_round(folder: Path) -> ServerState:
@@ -104,13 +135,11 @@ def verify_round(folder: Path) -> ServerState:
 
 
 def latest_round(run_dir: Path) -> tuple[Path, ServerState] | None:
-    """The newest round checkpoint that verifies; corrupt newer ones are reported and skipped."""
-    for folder in sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9]"), reverse=True):
-        try:
-            return folder, verify_round(folder)
-        except RoundCheckpointError as exc:
-            log.warning("skipping corrupt round checkpoint: %s", exc)
-    return None
+    """The newest round checkpoint that verifies; corrupt newer ones are logged and skipped."""
+    found, skipped = scan_rounds(run_dir)
+    for reason in skipped:
+        log.warning(reason)
+    return found
 
 
 def load_strategy_state(folder: Path) -> dict[str, np.ndarray]:

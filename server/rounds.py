@@ -3,6 +3,13 @@ loop adds what a hospital federation needs around it and Flower's ``Strategy.sta
 give — a deadline on every wait, a quorum, retries, screening of replies, and a hook after each
 round (evaluation, checkpoint) so a run can stop and resume at any round boundary.
 
+Every wait is bounded: for sites to connect (``federation.connect_timeout``, also inside Flower's
+node sampling, which has no deadline of its own), for replies (``federation.round_timeout``, per
+exchange under SecAgg+). Federated evaluation that cannot reach its quorum is skipped with the
+reason, never waited for. A reply is attributed to the name its site's key is registered under
+at the SuperLink (``retina-server pki add-site``); a reply that claims another site's name, or
+two replies under one name, are rejected.
+
 Screening rejects, before aggregation, a reply that carries an error (a site that refuses the
 round, e.g. another model schema or app version, or a damaged privacy ledger), belongs to another
 round (stale), comes from a site that stopped at its privacy budget, has different weight names
@@ -19,6 +26,7 @@ import logging
 import random
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -54,6 +62,7 @@ class RoundReport:
     site_privacy: dict[str, dict] = field(default_factory=dict)  # site -> DP settings and ε it reported
     rejected: list[str] = field(default_factory=list)
     secagg: dict = field(default_factory=dict)  # survivors, drops per stage, quantisation step (SecAgg+ rounds)
+    evaluation_skipped: str | None = None  # why federated evaluation did not run this round
     attempts: int = 1
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -94,18 +103,74 @@ def wait_for_sites(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -
         time.sleep(poll)
 
 
-def site_name(message: Message) -> str:
-    """The site a reply comes from (its own name when it sent one, else its node id)."""
+class _SitesDeadline:
+    """The Grid as a strategy sees it while it samples sites: asking for the connected sites
+    after ``timeout`` s raises QuorumError, so Flower's sampler (which loops until
+    ``min_available_nodes`` are connected) cannot wait past the deadline when a site drops out."""
+
+    def __init__(self, grid: Grid, timeout: float):
+        self._grid, self._timeout = grid, timeout
+        self._deadline = time.monotonic() + timeout
+
+    def __getattr__(self, name: str):
+        return getattr(self._grid, name)
+
+    def get_node_ids(self) -> list[int]:
+        nodes = list(self._grid.get_node_ids())
+        if time.monotonic() > self._deadline:
+            raise QuorumError(f"only {len(nodes)} sites connected after {self._timeout:.0f} s "
+                              "(federation.connect_timeout), fewer than federation.min_available")
+        return nodes
+
+
+def registered_names(grid: Grid) -> dict[int, str]:
+    """Node id -> the name its key was registered under (``pki add-site``); empty for sites that
+    joined without registration (simulation, ``--insecure``)."""
+    return {node.node_id: node.name for node in grid.get_nodes() if node.name}
+
+
+def _claimed_name(message: Message) -> str | None:
     record = message.content.config_records.get(SITE_KEY) if message.has_content() else None
-    return str(record["name"]) if record and "name" in record else f"node-{message.metadata.src_node_id}"
+    return str(record["name"]) if record and "name" in record else None
 
 
-def screen_replies(replies: list[Message], server_round: int, expected_keys: set[str] | None) -> tuple[list[Message], list[str]]:
-    """Split replies into usable ones (sorted by site name, so aggregation order is fixed) and
-    reasons for the rejected ones. ``expected_keys``: weight names a train reply must carry."""
-    accepted, rejected = [], []
+def site_name(message: Message, registered: dict[int, str] | None = None) -> str:
+    """The site a reply comes from: the name its key is registered under, else the name it
+    sent, else its node id."""
+    node = message.metadata.src_node_id
+    return (registered or {}).get(node) or _claimed_name(message) or f"node-{node}"
+
+
+def _reject_impostors(replies: list[Message], registered: dict[int, str]) -> tuple[list[Message], list[str]]:
+    """Replies whose claimed name contradicts their registered key, and replies that share a
+    name with another (none of them can be told apart), are rejected."""
+    kept, reasons = [], []
     for msg in replies:
-        name = site_name(msg)
+        claimed, known = _claimed_name(msg), registered.get(msg.metadata.src_node_id)
+        if known and claimed and claimed != known:
+            reasons.append(f"node {msg.metadata.src_node_id}: claims to be site {claimed!r} but its key is registered "
+                           f"as {known!r} (rejected)")
+        else:
+            kept.append(msg)
+    names = Counter(site_name(m, registered) for m in kept)
+    twice = {name for name, n in names.items() if n > 1}
+    for name in sorted(twice):
+        nodes = sorted(m.metadata.src_node_id for m in kept if site_name(m, registered) == name)
+        reasons.append(f"{len(nodes)} sites reply as {name!r} (nodes {', '.join(map(str, nodes))}): all rejected, "
+                       "every site needs its own name")
+    return [m for m in kept if site_name(m, registered) not in twice], reasons
+
+
+def screen_replies(replies: list[Message], server_round: int, expected_keys: set[str] | None,
+                   registered: dict[int, str] | None = None) -> tuple[list[Message], list[str]]:
+    """Split replies into usable ones (sorted by site name, so aggregation order is fixed) and
+    reasons for the rejected ones. ``expected_keys``: weight names a train reply must carry;
+    ``registered``: node id -> registered site name (:func:`registered_names`)."""
+    registered = registered or {}
+    replies, rejected = _reject_impostors(replies, registered)
+    accepted = []
+    for msg in replies:
+        name = site_name(msg, registered)
         if msg.has_error():
             rejected.append(f"{name}: error reply ({msg.error.reason})")
             continue
@@ -132,13 +197,14 @@ def screen_replies(replies: list[Message], server_round: int, expected_keys: set
                 rejected.append(f"{name}: non-finite values in {bad!r} (update rejected)")
                 continue
         accepted.append(msg)
-    accepted.sort(key=site_name)
+    accepted.sort(key=lambda m: site_name(m, registered))
     for reason in rejected:
         log.warning("round %d: %s", server_round, reason)
     return accepted, rejected
 
 
-def decode_updates(replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], list[str]]:
+def decode_updates(replies: list[Message], global_arrays: ArrayRecord,
+                   registered: dict[int, str] | None = None) -> tuple[list[Message], list[str]]:
     """Turn bf16-delta updates back into weights over ``global_arrays`` (in place); returns the
     replies to screen and the reasons for those whose update does not decode."""
     kept, reasons = [], []
@@ -153,7 +219,7 @@ def decode_updates(replies: list[Message], global_arrays: ArrayRecord) -> tuple[
                 raise ValueError("weight names differ from the global model")
             decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
         except (ValueError, TypeError) as exc:
-            reasons.append(f"{site_name(msg)}: update is not a bf16 delta of the global model ({exc}); rejected")
+            reasons.append(f"{site_name(msg, registered)}: update is not a bf16 delta of the global model ({exc}); rejected")
             continue
         msg.content["arrays"] = ArrayRecord({key: Array(value) for key, value in decoded.items()})
         kept.append(msg)
@@ -196,28 +262,28 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
         report.attempts = attempt + 1
         wait_for_sites(grid, max(fed.min_available, fed.min_sites), fed.connect_timeout)
         _seed_sampling(seed, server_round, attempt)
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})), grid))
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})),
+                                                 _SitesDeadline(grid, fed.connect_timeout)))
+        registered = registered_names(grid)
         report.bytes_sent += arrays_nbytes(arrays) * len(messages)
         if secure:
             replies, mean_delta = _secure_replies(grid, messages, secagg, fed, report)
         else:
             replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-        report.site_privacy.update({site_name(m): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
+        report.site_privacy.update({site_name(m, registered): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
                                     if m.has_content() and PRIVACY_KEY in m.content.config_records})
         wire = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
         screened = replies
         if fed.update_encoding == "bf16-delta" and not secure:
-            screened, undecodable = decode_updates(replies, arrays)
+            screened, undecodable = decode_updates(replies, arrays, registered)
             report.rejected.extend(undecodable)
-        accepted, rejected = screen_replies(screened, server_round, expected)
+        accepted, rejected = screen_replies(screened, server_round, expected, registered)
         report.rejected.extend(rejected)
         report.bytes_received += sum(wire[id(m)] for m in accepted)
-        missing = len(messages) - len(replies)
         if secure and mean_delta is None:
             accepted = []
-        elif missing:
-            report.rejected.append(f"{missing} of {len(messages)} sites did not reply within "
-                                   f"{fed.round_timeout:.0f} s (federation.round_timeout)")
+        else:
+            report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
         if len(accepted) >= fed.min_sites:
             break
         log.warning("round %d attempt %d: quorum not met (%d usable replies, %d needed)",
@@ -236,40 +302,65 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
     if aggregate is None:
         raise QuorumError(f"round {server_round}: the strategy produced no aggregate")
     aggregate = cast_like(aggregate, arrays)
-    report.sites = {site_name(m): dict(next(iter(m.content.metric_records.values()))) for m in accepted}
+    report.sites = {site_name(m, registered): dict(next(iter(m.content.metric_records.values()))) for m in accepted}
     report.train_metrics = dict(metrics or {})
     return aggregate, report
+
+
+def _silent(messages: list[Message], replies: list[Message], registered: dict[int, str], timeout: float) -> list[str]:
+    """One reason naming the sites that were asked and did not reply in time, if any."""
+    answered = {m.metadata.src_node_id for m in replies}
+    silent = [registered.get(m.metadata.dst_node_id, f"node-{m.metadata.dst_node_id}") for m in messages
+              if m.metadata.dst_node_id not in answered]
+    if not silent:
+        return []
+    return [f"{len(silent)} of {len(messages)} sites did not reply within {timeout:.0f} s (federation.round_timeout): "
+            + ", ".join(sorted(silent))]
 
 
 def evaluate_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, report: RoundReport, fed: FederationConfig,
                    seed: int, config: ConfigRecord | None = None) -> None:
     """Federated evaluation of the aggregate on the sites' test splits (sites without test rows
-    are left out of the weighted mean); fills ``report`` in place."""
+    are left out of the weighted mean); fills ``report`` in place. Skipped, with the reason in
+    ``report.evaluation_skipped``, when its quorum is not connected within the deadline."""
     _seed_sampling(seed, report.round, -1)
-    messages = list(strategy.configure_evaluate(report.round, arrays, ConfigRecord(dict(config or {})), grid))
+    try:
+        messages = list(strategy.configure_evaluate(report.round, arrays, ConfigRecord(dict(config or {})),
+                                                    _SitesDeadline(grid, fed.connect_timeout)))
+    except QuorumError as exc:
+        report.evaluation_skipped = f"federated evaluation skipped: {exc}"
+        log.warning("round %d: %s", report.round, report.evaluation_skipped)
+        return
     if not messages:
         return
+    registered = registered_names(grid)
     report.bytes_sent += arrays_nbytes(arrays) * len(messages)
     replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-    accepted, rejected = screen_replies(replies, report.round, None)
-    report.rejected.extend(rejected)
+    accepted, rejected = screen_replies(replies, report.round, None, registered)
+    report.rejected.extend(rejected + _silent(messages, replies, registered, fed.round_timeout))
     scored = [m for m in accepted if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
-    report.site_evaluations = {site_name(m): dict(next(iter(m.content.metric_records.values()))) for m in scored}
+    report.site_evaluations = {site_name(m, registered): dict(next(iter(m.content.metric_records.values()))) for m in scored}
     if scored:
         report.evaluate_metrics = dict(strategy.aggregate_evaluate(report.round, scored) or {})
 
 
 def run_rounds(grid: Grid, strategy: Strategy, arrays: ArrayRecord, first_round: int, fed: FederationConfig, seed: int,
-               after_round: Callable[[ArrayRecord, RoundReport], None], federated_eval: bool = True,
+               after_training: Callable[[ArrayRecord, RoundReport], None],
+               after_evaluation: Callable[[RoundReport], None], federated_eval: bool = True,
                secagg: SecAggConfig | None = None, train_config: ConfigRecord | None = None) -> ArrayRecord:
-    """Rounds ``first_round`` .. ``fed.rounds``; ``after_round`` (evaluation, checkpoint) runs
-    after each complete round, before the next one starts."""
+    """Rounds ``first_round`` .. ``fed.rounds``. ``after_training`` (server-side evaluation,
+    checkpoint) runs as soon as a round's training aggregated, so the round is kept whatever
+    happens during federated evaluation; ``after_evaluation`` (its results, the round's log line)
+    runs once that evaluation is done or skipped, before the next round starts."""
     for server_round in range(first_round, fed.rounds + 1):
         start = time.perf_counter()
         log.info("round %d/%d", server_round, fed.rounds)
         arrays, report = train_round(grid, strategy, arrays, server_round, fed, seed, secagg, train_config)
-        if federated_eval:
-            evaluate_round(grid, strategy, arrays, report, fed, seed, train_config)
         report.seconds = time.perf_counter() - start
-        after_round(arrays, report)
+        after_training(arrays, report)
+        if federated_eval:
+            start = time.perf_counter()
+            evaluate_round(grid, strategy, arrays, report, fed, seed, train_config)
+            report.seconds += time.perf_counter() - start
+        after_evaluation(report)
     return arrays

@@ -19,4 +19,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     """Run the federation the run config describes."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    run_federation(grid, unflatten_config(dict(context.run_config), FederationAppConfig))
+    run_federation(grid, unflatten_config(dict(context.run_config), FederationAppConfig), run_id=context.run_id)

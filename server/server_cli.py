@@ -5,6 +5,8 @@
   retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir PKI | --insecure)
   retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--config-dir DIR] [HYDRA OVERRIDES ...]
   retina-server run --superlink HOST:PORT ... --resume RUN_DIR [HYDRA OVERRIDES ...]
+  retina-server run ... --detach          (Ctrl-C / SIGTERM leaves the run going instead of stopping it)
+  retina-server stop --run-dir RUN_DIR [--superlink HOST:PORT --root-certificates PKI/ca.crt]
   retina-server status --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--run-dir RUN_DIR]
 
 ``pki`` makes the federation's CA, the SuperLink certificate and the sites' key pairs
@@ -13,8 +15,11 @@ which the SuperLink refuses the site. ``superlink`` becomes Flower's SuperLink (
 TLS with SuperNode authentication, its state in ``STATE_DIR/state.db`` so a restart remembers
 runs and registered sites; one port serves sites, the run API and ``status``. ``run`` launches
 the federated run (the config is composed like ``retina-sim``'s), prints rounds as they complete
-and waits for the end; ``--resume`` continues a run folder from its last complete round.
-``status`` lists sites and runs, and the current round and last metrics of a run folder.
+and waits for the end; ``--resume`` continues a run folder from its last complete round. A run
+folder belongs to one live run: a second ``run`` on it is refused. Ctrl-C asks whether to stop
+the run or detach from it (SIGTERM, or no terminal: stop, unless ``--detach``); ``stop`` stops
+the run that owns a folder from anywhere. ``status`` lists sites (by their registered names) and
+runs, and the current round and last metrics of a run folder.
 TLS is the default everywhere; ``--insecure`` must be given explicitly and prints a warning.
 """
 
@@ -107,20 +112,66 @@ def compose_run_config(overrides: list[str], resume: Path | None, config_dir: Pa
     return OmegaConf.to_object(cfg)
 
 
+def _connection_flags(conn) -> list[str]:
+    if conn.insecure:
+        return ["--insecure"]
+    return ["--root-certificates", conn.root_certificates] if conn.root_certificates else []
+
+
 def _run(args: argparse.Namespace) -> int:
+    import shlex
+
     from shared_model.data.embedded import ensure_phantom
-    from server.launch import launch_run, with_absolute_paths
+    from server.launch import Launch, launch_run, with_absolute_paths
 
     cfg = with_absolute_paths(compose_run_config(args.overrides, args.resume, args.config_dir))
     if cfg.phantom.ensure and cfg.eval.sets:
         ensure_phantom(cfg.phantom)  # the default held-out evaluation set lives at the coordinator
-    launch_run(cfg, _connection(args))
+    conn = _connection(args)
+    resume = shlex.join(["retina-server", "run", "--superlink", args.superlink, *_connection_flags(conn),
+                         "--resume", cfg.run_dir])
+    launch_run(cfg, Launch(conn, resume, detach=args.detach))
+    return 0
+
+
+def _stop(args: argparse.Namespace) -> int:
+    """Stop the run that owns a run folder (the one its launch.lock names) and wait for its
+    ServerApp to let go of the folder."""
+    from server.flower_runtime import Connection, control_client, run_status, stop_run, write_connections
+    from server.launch import STOP_TIMEOUT, where_it_stands
+    from server.run_lock import describe, read_launch, wait_until_released
+    from shared_model.offline_env import offline_env
+
+    run_dir = Path(args.run_dir).resolve()
+    record = read_launch(run_dir)
+    if record is None or record.run_id is None:
+        raise ValueError(f"{run_dir}: no run was launched from this folder (no launch.lock with a run id)")
+    conn = _connection(args) if args.superlink else Connection(
+        "coordinator", record.superlink, insecure=record.insecure, root_certificates=record.root_certificates)
+    if conn.address == ":local:":
+        raise ValueError(f"{run_dir}: {describe(record)} is a retina-sim run; stop it with Ctrl-C "
+                         f"(or kill {record.pid})")
+    console = Console()
+    with tempfile.TemporaryDirectory(prefix="retinafl-stop-") as home:
+        write_connections(Path(home), [conn])
+        with control_client(conn, offline_env(Path(home))) as client:
+            status, _ = run_status(client, record.run_id)
+            stopped = not status.startswith("finished") and stop_run(client, record.run_id)
+    if not stopped:
+        console.print(f"run {record.run_id} had already ended ({status})", highlight=False)
+    elif not wait_until_released(run_dir, STOP_TIMEOUT):
+        console.print(f"[yellow]run {record.run_id} is stopped but its ServerApp still holds {run_dir} after "
+                      f"{STOP_TIMEOUT:.0f} s[/yellow]", highlight=False)
+    else:
+        console.print(f"run {record.run_id} stopped", highlight=False)
+    resume = ["retina-server", "run", "--superlink", conn.address, *_connection_flags(conn), "--resume", str(run_dir)]
+    console.print(where_it_stands(run_dir, " ".join(resume)), highlight=False, soft_wrap=True)
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     from shared_model.offline_env import offline_env
-    from server.flower_runtime import flwr_json, write_connections
+    from server.flower_runtime import control_client, flwr_json, list_nodes, write_connections
     from shared_model.reporting.metrics_log import read_metrics
 
     console = Console()
@@ -128,13 +179,15 @@ def _status(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="retinafl-status-") as home:  # a query leaves no files behind
         write_connections(Path(home), [conn])
         env = offline_env(Path(home))
-        nodes = flwr_json(["supernode", "ls", conn.name], env).get("nodes", [])
+        with control_client(conn, env) as client:
+            nodes = [n for n in list_nodes(client) if n.status != "unregistered"]
         runs = flwr_json(["ls", conn.name], env).get("runs", [])
     table = Table(title=f"sites at {args.superlink}")
-    for column in ("node id", "status", "online since"):
+    for column in ("site", "status", "online since"):
         table.add_column(column)
-    for node in nodes:
-        table.add_row(str(node.get("node-id")), str(node.get("status")), str(node.get("online-at", "")))
+    for node in sorted(nodes, key=lambda n: n.name or f"~{n.node_id}"):
+        table.add_row(node.name or f"node-{node.node_id} (unregistered name)", node.status,
+                      node.last_activated_at[:19].replace("T", " ") if node.status == "online" else "")
     console.print(table)
     table = Table(title="runs")
     for column in ("run id", "status", "details"):
@@ -200,7 +253,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--resume", type=Path, help="continue this run folder from its last complete round")
     run.add_argument("--config-dir", type=Path, help="the consortium's own config groups, e.g. "
                      "DIR/experiment/NAME.yaml selected with +experiment=NAME")
+    run.add_argument("--detach", action="store_true", help="on Ctrl-C / SIGTERM leave the run going on the "
+                     "SuperLink (stop it later with retina-server stop) instead of stopping it")
     run.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. federation.rounds=5 strategy=fedprox")
+    stop = commands.add_parser("stop", help="stop the run that owns a run folder")
+    stop.add_argument("--run-dir", required=True, help="the run folder (its launch.lock names the run and SuperLink)")
+    stop.add_argument("--superlink", help="HOST:PORT of the SuperLink (default: the one the run was launched on)")
+    _security(stop)
     pki = commands.add_parser("pki", help="the federation's CA, SuperLink certificate and site keys")
     pki_commands = pki.add_subparsers(dest="pki_command", required=True)
     init = pki_commands.add_parser("init", help="create the CA and the SuperLink's TLS certificate")
@@ -223,11 +282,12 @@ def main(argv: list[str] | None = None) -> None:
     from server.flower_runtime import FlowerRunError
     from server.pki import PKIError
     from server.rounds import QuorumError
+    from server.run_lock import RunFolderBusy
 
-    with user_errors(FlowerRunError, QuorumError, PKIError):
+    with user_errors(FlowerRunError, QuorumError, PKIError, RunFolderBusy):
         if args.command == "superlink":
             _superlink(args)
-        sys.exit({"run": _run, "status": _status, "pki": _pki}[args.command](args))
+        sys.exit({"run": _run, "stop": _stop, "status": _status, "pki": _pki}[args.command](args))
 
 
 if __name__ == "__main__":

@@ -9,7 +9,9 @@ RETINA_KEYS=${RETINA_KEYS:-/keys}
 RETINA_STATE=${RETINA_STATE:-/state}
 RETINA_MANIFEST=${RETINA_MANIFEST:-/data/manifest.csv}
 RETINA_DEVICE=${RETINA_DEVICE:-auto}
-RETINA_CLIENTAPP_PORT=${RETINA_CLIENTAPP_PORT:-9094}
+# The SuperNode's loopback ClientApp port: a free one unless RETINA_CLIENTAPP_PORT names it.
+port_args=""
+[ -n "${RETINA_CLIENTAPP_PORT:-}" ] && port_args="--port $RETINA_CLIENTAPP_PORT"
 
 command=${1:-join}
 [ $# -gt 0 ] && shift
@@ -19,7 +21,7 @@ case "$command" in
     : "${RETINA_SITE:?set RETINA_SITE to the name the coordinator registered}"
     exec retina-client --manifest "$RETINA_MANIFEST" --server "$RETINA_SUPERLINK" --name "$RETINA_SITE" \
       --state-dir "$RETINA_STATE" --auth-key "$RETINA_KEYS/site.key" --root-certificates "$RETINA_KEYS/ca.crt" \
-      --device "$RETINA_DEVICE" --port "$RETINA_CLIENTAPP_PORT" "$@" ;;
+      --device "$RETINA_DEVICE" $port_args "$@" ;;
   check)
     exec retina-client check --manifest "$RETINA_MANIFEST" --device "$RETINA_DEVICE" "$@" ;;
   *)

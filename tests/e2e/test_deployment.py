@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from server.flower_runtime import free_port, stop_process
+from server.flower_runtime import free_port, stop_process_tree
 from shared_model.data.phantom import PhantomSpec, generate_phantom
 
 BIN = Path(sys.executable).parent
@@ -147,12 +147,7 @@ def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
         privacy = (run_dir / "privacy.md").read_text()
         assert "| Transport | TLS |" in privacy and "| 2 | hospital-0 | none |" in privacy
     finally:
-        for proc in reversed(processes):  # sites first, so they unregister from the SuperLink
-            stop_process(proc.pid)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)  # whatever the process left behind in its group
-            except ProcessLookupError:
-                pass
+        _stop_all(processes)
     assert all(proc.poll() is not None for proc in processes)
 
 
@@ -204,9 +199,134 @@ def test_site_identity_registered_key_joins_others_are_refused(phantom, pki, tmp
         for log in tmp_path.glob("*.log"):  # no private key material in any log
             assert "PRIVATE KEY" not in log.read_text(errors="replace")
     finally:
-        for proc in reversed(processes):
-            stop_process(proc.pid)
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        _stop_all(processes)
+
+
+TINY_RUN = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
+            "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"]
+
+
+def _rounds(run_dir: Path) -> list[int]:
+    path = run_dir / "metrics.jsonl"
+    return [json.loads(line)["round"] for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def _wait_for_rounds(run_dir: Path, n: int, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_rounds(run_dir)) < n:
+        assert time.monotonic() < deadline, f"{run_dir}: fewer than {n} rounds after {timeout:.0f} s"
+        time.sleep(0.5)
+
+
+def _ctrl_c_enabled() -> None:
+    """In the child before exec: take SIGINT as a terminal's Ctrl-C would arrive, even when this
+    test runs where SIGINT is ignored (a background job), which the child would inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _stop_all(processes: list[subprocess.Popen]) -> None:
+    """Sites first (so they unregister from the SuperLink), then the SuperLink, each with every
+    process under it (a ServerApp runs in a process group of its own)."""
+    for proc in reversed(processes):
+        stop_process_tree([proc.pid])
+
+
+def test_a_run_owns_its_folder_detaches_stops_resumes_and_sites_cannot_borrow_names(phantom, pki, tmp_path):
+    """Three registered sites, one of which claims another's name. A detached run keeps going and
+    keeps its folder (a second run is refused) until `retina-server stop`; a resumed run stopped
+    by Ctrl-C stops on the SuperLink too; the last resume finishes with every round logged once,
+    and the impostor's updates were never aggregated."""
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    run_dir = tmp_path / "runs" / "run"
+    ca = str(pki / "ca.crt")
+    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
+    server = [str(BIN / "retina-server")]
+    launch = [*server, "run", "--superlink", superlink, "--root-certificates", ca]
+    config = [f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
+              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=4", "federation.min_sites=2",
+              "federation.min_available=2", "federation.round_timeout=150", "strategy.fraction_evaluate=0", *TINY_RUN]
+
+    def start(*args: str) -> subprocess.Popen:
+        return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=ENV, preexec_fn=_ctrl_c_enabled)
+
+    try:
+        for k, (name, claims) in enumerate((("site-a", "site-a"), ("site-b", "site-b"), ("site-c", "site-a"))):
+            keys = _add_site(pki, name, superlink)
+            processes.append(_join(phantom, k, superlink, claims, keys, tmp_path / f"s{k}", tmp_path / f"s{k}.log"))
+        status = _wait_for_sites(superlink, run_dir, 3, pki)
+        assert _online(status) == 3 and all(f"│ {n}" in status for n in ("site-a", "site-b", "site-c")), status
+
+        detached = start(*launch, "--detach", *config)
+        _wait_for_rounds(run_dir, 1)
+        detached.send_signal(signal.SIGTERM)
+        output, _ = detached.communicate(timeout=60)
+        assert detached.returncode == 0 and "detached: run" in output, output[-3000:]
+
+        second = subprocess.run([*launch, *config], capture_output=True, text=True, env=ENV, timeout=120)
+        assert second.returncode == 2 and "a second run on this folder is refused" in second.stderr, second.stderr
+        assert "retina-server stop --run-dir" in second.stderr
+
+        stopped = subprocess.run([*server, "stop", "--run-dir", str(run_dir)], capture_output=True, text=True,
+                                 env=ENV, timeout=300)
+        assert stopped.returncode == 0 and "stopped" in stopped.stdout and "--resume" in stopped.stdout, \
+            stopped.stdout + stopped.stderr
+        done = len(_rounds(run_dir))
+        assert _rounds(run_dir) == list(range(1, done + 1))
+
+        resumed = start(*launch, "--resume", str(run_dir))
+        _wait_for_rounds(run_dir, done + 1)
+        resumed.send_signal(signal.SIGINT)  # no terminal: Ctrl-C stops the run, it does not detach
+        output, _ = resumed.communicate(timeout=300)
+        assert resumed.returncode == 130 and "stopped" in output and "Continue with:" in output, output[-3000:]
+        assert f"--resume {run_dir}" in output.replace("\n", " ")
+
+        finished = subprocess.run([*launch, "--resume", str(run_dir)], capture_output=True, text=True, env=ENV,
+                                  timeout=900)
+        assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
+        records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        assert [r["round"] for r in records] == [1, 2, 3, 4]  # every round once across four commands
+        assert all(sorted(r["sites"]) == ["site-a", "site-b"] for r in records)
+        impostor = "claims to be site 'site-a' but its key is registered as 'site-c' (rejected)"
+        assert all(any(impostor in reason for reason in r["rejected"]) for r in records)
+        runs = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", ca).stdout
+        assert "running" not in runs and runs.count("finished:stopped") == 2, runs
+    finally:
+        _stop_all(processes)
+
+
+def test_a_lost_site_with_min_available_all_sites_ends_the_run_within_its_deadlines(phantom, pki, tmp_path):
+    """Two sites, min_available=2, federated evaluation on; one site dies in round 1. Round 1 still
+    aggregates (min_sites=1) and is checkpointed; its evaluation is skipped or answered by the
+    survivor; round 2 cannot gather its sites and the run stops with the reason and the resume
+    command — within the configured deadlines, not waiting forever."""
+    port = free_port()
+    superlink = f"127.0.0.1:{port}"
+    run_dir = tmp_path / "runs" / "run"
+    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
+    connect, round_timeout = 20, 60
+    try:
+        for k in range(2):
+            keys = _add_site(pki, f"lost-{k}", superlink)
+            processes.append(_join(phantom, k, superlink, f"lost-{k}", keys, tmp_path / f"s{k}", tmp_path / f"s{k}.log"))
+        assert _online(_wait_for_sites(superlink, run_dir, 2, pki)) == 2
+        start = time.monotonic()
+        coordinator = subprocess.Popen(
+            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--root-certificates", str(pki / "ca.crt"),
+             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
+             "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=3", "federation.min_sites=1",
+             "federation.min_available=2", f"federation.connect_timeout={connect}",
+             f"federation.round_timeout={round_timeout}", "federation.round_retries=0", *TINY_RUN],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+        _wait_for_text(tmp_path / "s1.log", "Receiving: train message", timeout=300)
+        os.killpg(processes[2].pid, signal.SIGKILL)  # lost-1 dies in the middle of round 1
+        output, _ = coordinator.communicate(timeout=900)
+        took = time.monotonic() - start
+        assert coordinator.returncode == 2, output[-3000:]
+        assert "only 1 of the 2 sites needed were connected" in output and "Continue with:" in output, output[-3000:]
+        assert _rounds(run_dir) == [1] and (run_dir / "checkpoints" / "round_0001" / "model.safetensors").is_file()
+        # training waits for replies, evaluation for sites and replies, round 2 for sites: nothing longer
+        assert took < 2 * round_timeout + 2 * connect + 120, took
+    finally:
+        _stop_all(processes)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -79,3 +81,45 @@ def test_missing_site_manifest_is_a_clear_error(tmp_path):
                    f"federation.site_manifests=[{tmp_path}/nowhere/site.csv]"])
     assert result.returncode == 2
     assert "nowhere/site.csv" in result.stderr and "Traceback" not in result.stderr
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def test_ctrl_c_stops_every_process_and_nothing_is_written_after_it(tmp_path):
+    """Ctrl-C at round 1 of 4: the local SuperLink, flwr-simulation and Ray (gcs_server, raylet,
+    the site actors) all end, no later round appears, and the command says where the folder
+    stands and how to continue it."""
+    from server.flower_runtime import process_tree
+
+    run = tmp_path / "sim"
+    sim = subprocess.Popen([str(BIN / "retina-sim"), f"phantom.root={tmp_path / 'phantom'}", f"run_dir={run}", *SMALL,
+                            "federation.rounds=4"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           env={**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}, start_new_session=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as from a terminal
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "metrics.jsonl").is_file() or not (run / "metrics.jsonl").read_text().strip():
+            assert time.monotonic() < deadline and sim.poll() is None, "round 1 never completed"
+            time.sleep(0.5)
+        tree = process_tree(local_superlink_pids(run / "flwr-home"))
+        names = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace") for pid in tree
+                         if Path(f"/proc/{pid}/cmdline").exists())
+        assert "flwr-simulation" in names and "raylet" in names and "gcs_server" in names
+        os.killpg(sim.pid, signal.SIGINT)  # what the terminal sends on Ctrl-C
+        output, _ = sim.communicate(timeout=120)
+    finally:
+        if sim.poll() is None:
+            os.killpg(sim.pid, signal.SIGKILL)
+    assert sim.returncode == 130, output[-3000:]
+    assert "stopped" in output and "Continue with:" in output and "resume=true" in output, output[-3000:]
+    assert not [pid for pid in tree if _alive(pid)]
+    rounds = (run / "metrics.jsonl").read_text().splitlines()
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    time.sleep(3)
+    assert (run / "metrics.jsonl").read_text().splitlines() == rounds and len(rounds) < 4
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == checkpoints

@@ -134,3 +134,39 @@ def test_a_federated_site_trains_its_oct_volumes_through_the_adapter(small_phant
     model, model_cfg = load_checkpoint(folder)  # the round's checkpoint rebuilds the adapter
     assert model_cfg.volume_max_slices == 16 and torch.equal(model.volume_pool.positions.weight,
                                                              trained["volume_pool.positions.weight"])
+
+
+class CoordinatorDied(Exception):
+    pass
+
+
+def test_a_round_is_checkpointed_before_its_federated_evaluation(small_phantom, tmp_path):
+    """The coordinator dies while the sites score round 1: the round is kept (checkpoint, and on
+    resume its metrics.jsonl line, untimed), and the resumed run logs every round once."""
+    cfg = federation_cfg(small_phantom, tmp_path / "run", "federation.rounds=2")
+    grid = grid_for(cfg)
+    for node, real in list(grid.handlers.items()):
+        def die_on_evaluate(msg: Message, real=real):
+            if msg.metadata.message_type == "evaluate":
+                raise CoordinatorDied()
+            return real(msg)
+
+        grid.handlers[node] = die_on_evaluate
+    with pytest.raises(CoordinatorDied):
+        run_federation(grid, cfg)
+    assert latest_round(tmp_path / "run")[1].round == 1
+    resumed = federation_cfg(small_phantom, tmp_path / "run", "federation.rounds=2", "resume=true")
+    run_federation(grid_for(resumed), resumed)
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2]
+    assert records[0]["seconds"] is None and records[0]["server_eval"] and records[1]["federated_eval"]
+
+
+def test_a_second_run_on_a_live_run_folder_writes_nothing(small_phantom, tmp_path):
+    from server.run_lock import RunFolderBusy, RunLock
+
+    cfg = federation_cfg(small_phantom, tmp_path / "run", "federation.rounds=1")
+    with RunLock(tmp_path / "run", 1):
+        with pytest.raises(RunFolderBusy, match="being written by run 1"):
+            run_federation(grid_for(cfg), cfg, run_id=2)
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["run.lock"]

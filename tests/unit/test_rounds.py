@@ -4,6 +4,8 @@ deadline (a silent site), stale and non-finite replies, and the aggregate itself
 from __future__ import annotations
 
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -67,7 +69,7 @@ def test_below_quorum_retries_then_stops_with_weights_untouched():
     seen = []
     with pytest.raises(QuorumError, match="quorum not met"):
         run_rounds(grid, build_strategy(StrategyConfig(), fed()), arrays, 1, fed(round_retries=2), 0,
-                   lambda a, r: seen.append(r))
+                   lambda a, r: seen.append(r), seen.append)
     assert seen == [] and len(silent.calls) == 3  # three attempts, no round completed
     assert all(np.array_equal(arrays[k].numpy(), kept[k]) for k in kept)
 
@@ -105,3 +107,50 @@ def test_median_resists_one_outlying_site():
     strategy = build_strategy(StrategyConfig(name="fedmedian"), fed())
     aggregate, _ = train_round(grid, strategy, ArrayRecord(GLOBAL), 1, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), 1.2)
+
+
+def test_a_reply_is_attributed_to_the_name_its_key_is_registered_under():
+    # Node 3 holds the key registered as "c" but claims to be "a": rejected, and the real "a" counts once.
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("a", 100.0)}, names={1: "a", 2: "b", 3: "c"})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    assert np.allclose(aggregate["w"].numpy(), 2.0) and sorted(report.sites) == ["a", "b"]
+    assert report.rejected == ["node 3: claims to be site 'a' but its key is registered as 'c' (rejected)"]
+
+
+def test_two_unregistered_sites_with_one_name_are_both_rejected():
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("b", 100.0)})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed(min_sites=1)), ArrayRecord(GLOBAL),
+                                    1, fed(min_sites=1), 0)
+    assert np.allclose(aggregate["w"].numpy(), 1.0) and sorted(report.sites) == ["a"]
+    assert report.rejected == ["2 sites reply as 'b' (nodes 2, 3): all rejected, every site needs its own name"]
+
+
+def test_a_silent_site_is_named_by_its_registered_name():
+    grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("c", 9.0, silent=True)},
+                         names={1: "a", 2: "b", 3: "hospital-c"})
+    _, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    assert report.rejected == ["1 of 3 sites did not reply within 1 s (federation.round_timeout): hospital-c"]
+
+
+def test_evaluation_without_its_quorum_is_skipped_within_the_deadline_after_the_round_is_kept():
+    """Three sites, min_available=3; one drops out after training. Flower's sampler would wait for
+    a third site forever: evaluation is skipped after connect_timeout, and the round's aggregate
+    was handed over (checkpointed) before evaluation started."""
+    grid = InProcessGrid({})
+    leaving = site("c", 4.0)
+
+    def drop_after_training(msg: Message) -> Message | None:
+        reply = leaving(msg)
+        del grid.handlers[3]  # the site disconnects as soon as it has replied
+        return reply
+
+    grid.handlers.update({1: site("a", 1.0), 2: site("b", 1.0), 3: drop_after_training})
+    events = []
+    config = fed(min_available=3, connect_timeout=0.5)
+    start = time.monotonic()
+    run_rounds(grid, build_strategy(StrategyConfig(), config), ArrayRecord(GLOBAL), 1, config, 0,
+               lambda arrays, report: events.append(("trained", report.evaluation_skipped)),
+               lambda report: events.append(("evaluated", report.evaluation_skipped)))
+    assert time.monotonic() - start < 5
+    assert events[0] == ("trained", None)
+    assert events[1][0] == "evaluated" and events[1][1].startswith("federated evaluation skipped: only 2 sites connected")
