@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 from collections import Counter
 from pathlib import Path
 from typing import NoReturn
@@ -120,24 +121,32 @@ REFUSALS = (
 
 def run_supernode(command: list[str], env: dict[str, str]) -> int:
     """Run the SuperNode, pass its output through, forward SIGTERM/SIGINT to it; returns its exit
-    status, after one line naming the cause of a refusal it reported."""
+    status, after one line naming the cause of a refusal it reported. Its output is read in a
+    thread and the SuperNode's own exit ends the wait: a helper process it started may keep the
+    pipe open after it."""
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             errors="replace")
+    causes: list[str] = []
+
+    def relay() -> None:
+        for line in proc.stdout:
+            sys.stdout.write(line)
+            sys.stdout.flush()
+            causes.extend(cause for words, cause in REFUSALS if words in line and cause not in causes)
 
     def forward(signum, frame):  # noqa: ARG001 — the signal handler signature
         proc.send_signal(signum)
 
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
     before = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
-    causes = []
     try:
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            sys.stdout.flush()
-            causes += [cause for words, cause in REFUSALS if words in line and cause not in causes]
         code = proc.wait()
     finally:
         for sig, handler in before.items():
             signal.signal(sig, handler)
+    reader.join(timeout=2)  # the last lines, unless a helper still holds the pipe
+    code = 128 - code if code < 0 else code  # killed by signal N: the shell's 128 + N
     if code != 0 and causes:
         Console(stderr=True).print(f"[red]error:[/red] {causes[0]}", highlight=False, soft_wrap=True)
         return 2

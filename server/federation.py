@@ -29,8 +29,8 @@ from shared_model.run_folder import check_run_folder
 from shared_model.train.trainer import resolve_device, seed_everything
 from server.central_dp import SITE_WEIGHT_KEY, CentralAccountant, wrap_central_dp
 from server.privacy_report import write_privacy_report
-from server.round_checkpoint import (KEEP_ROUNDS, ServerState, clip_writer, latest_round, load_strategy_state, remove_partial_rounds,
-                                     save_round, update_round_state)
+from server.round_checkpoint import (KEEP_ROUNDS, ServerState, clip_writer, latest_round, load_strategy_state,
+                                     remove_partial_rounds, save_round, update_round_state)
 from server.rounds import RoundReport, run_rounds
 from server.run_lock import RunLock
 from server.strategy_registry import build_strategy, restore_strategy_state, strategy_state

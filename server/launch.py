@@ -206,6 +206,7 @@ def launch_run(cfg: FederationAppConfig, launch: Launch, console: Console | None
     lock = LaunchLock.acquire(run_dir, connection.address, connection.insecure, connection.root_certificates)
     run_id = None
     interrupted = False
+    keep_log = True  # the run's log, once it has ended
     try:
         write_connections(home, [connection])
         env = offline_env(home, launch.env_extra)
@@ -237,15 +238,18 @@ def launch_run(cfg: FederationAppConfig, launch: Launch, console: Console | None
                 if run_id is None:
                     raise
                 show_new_rounds()
-                sys.exit(_interrupted(run_id, run_dir, launch, env, console, not isinstance(exc, _Terminated)))
+                code = _interrupted(run_id, run_dir, launch, env, console, not isinstance(exc, _Terminated))
+                # A detached run goes on (Flower would stream its log until it ends); a killed local
+                # SuperLink, asked for logs, would start a new one.
+                keep_log = code != 0 and connection.address != LOCAL_ADDRESS
+                sys.exit(code)
             except FlowerRunError as exc:
                 show_new_rounds()
                 if run_id is None:
                     raise
                 raise FlowerRunError(f"{exc}\n{where_it_stands(run_dir, launch.resume_command)}") from exc
     finally:
-        if run_id is not None and not (interrupted and connection.address == LOCAL_ADDRESS):
-            # (asking a killed local SuperLink for logs would start a new one)
+        if run_id is not None and keep_log:
             write_text_atomic(run_dir / "flower.log", run_logs(run_id, connection.name, env))
         if launch.stop_local is not None and not interrupted:
             launch.stop_local(home, False)

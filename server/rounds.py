@@ -118,8 +118,9 @@ class _SitesDeadline:
     def get_node_ids(self) -> list[int]:
         nodes = list(self._grid.get_node_ids())
         if time.monotonic() > self._deadline:
-            raise QuorumError(f"only {len(nodes)} sites connected after {self._timeout:.0f} s "
-                              "(federation.connect_timeout), fewer than federation.min_available")
+            sites = f"{len(nodes)} site{'' if len(nodes) == 1 else 's'}"
+            raise QuorumError(f"only {sites} connected after {self._timeout:.0f} s (federation.connect_timeout), "
+                              "fewer than federation.min_available")
         return nodes
 
 

@@ -83,7 +83,8 @@ def model_card(run_dir: Path, checkpoint: Path, meta: dict, digest: str) -> str:
     model = meta["model"]
     extra = meta.get("extra", {})
     if "federation" in config:
-        trained = (f"federated, {extra.get('round')} rounds of {config['strategy']['name']} "
+        rounds = extra.get("round")
+        trained = (f"federated, {rounds} round{'' if rounds == 1 else 's'} of {config['strategy']['name']} "
                    f"({config['federation']['min_sites']}+ sites per round, {config['train']['steps']} local steps)")
     else:
         trained = f"centralized, {extra.get('step')} steps"

@@ -145,8 +145,10 @@ def _round_sections(records: list[dict]) -> list[str]:
              "received from sites": [r.get("bytes_received", 0) / 2 ** 20 for r in rounds]}, "round", "MiB"),
         "Model bytes the coordinator sent and received each round."))
     rejected = [(r["round"], reason) for r in rounds for reason in r.get("rejected", [])]
+    rejected += [(r["round"], r["evaluation_skipped"]) for r in rounds if r.get("evaluation_skipped")]
     if rejected:
-        parts += ["<h2>Rejected updates</h2>", _table(["round", "reason"], rejected)]
+        parts += ["<h2>Rejected updates and skipped evaluations</h2>",
+                  _table(["round", "reason"], sorted(rejected, key=lambda row: row[0]))]
     return parts
 
 

@@ -1,10 +1,15 @@
 """Deployment on loopback with real processes, as a coordinator and three hospitals run it, in
 the default mode — TLS with the federation's CA and registered site keys (``retina-server pki``),
-every command started through the container images' entrypoints (``deploy/entrypoints``) with
-the environment the compose file gives them: the SuperLink, three site SuperNodes, a run of 2
-rounds during which one site is killed mid-round, ``status``, the run's report and an exported
-model; and site identity: an unregistered key and a site holding another federation's CA are
-refused. Every process is started here and stopped by PID."""
+the commands started through the container images' entrypoints (``deploy/entrypoints``) with
+the environment the compose file gives them, or as an operator types them:
+
+- a run with ``min_available`` = all three sites, one killed mid-round: the round is kept, its
+  evaluation skipped, the run stops within its deadlines; ``status``, the report, an export;
+- a run folder owned by one run: detach, a second run refused, ``retina-server stop``, resume
+  with every round once; a site that claims another site's name is not aggregated, and
+  an unregistered key and a site holding another federation's CA are refused.
+
+Every process is started here and stopped, with everything under it, by PID."""
 
 from __future__ import annotations
 
@@ -27,6 +32,8 @@ COORDINATOR = str(DEPLOY / "entrypoints" / "coordinator.sh")
 SITE = str(DEPLOY / "entrypoints" / "site.sh")
 # rich wraps at 80 columns otherwise; the entrypoints find the console scripts on PATH, as in the images.
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "250", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+TINY_RUN = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
+            "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"]
 
 
 @pytest.fixture(scope="module")
@@ -103,7 +110,12 @@ def _wait_for_sites(superlink: str, run_dir: Path, n: int, pki: Path, timeout: f
         time.sleep(2)
 
 
-def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
+def test_three_sites_min_available_all_one_killed_mid_round_stops_within_its_deadlines(phantom, pki, tmp_path):
+    """min_available=3 and hospital-2 dies in round 1: the round aggregates the two others
+    (min_sites=2) and is checkpointed, its federated evaluation is skipped once no third site is
+    connected within connect_timeout, round 2 cannot gather three sites and the run stops with
+    the reason and the resume command — all within the configured deadlines (Flower's own node
+    sampling would wait forever). The one-round folder has its report, export and status."""
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     run_dir = tmp_path / "runs" / "run"
@@ -114,24 +126,31 @@ def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
             processes.append(_join(phantom, k, superlink, f"hospital-{k}", keys, tmp_path / f"site{k}",
                                    tmp_path / f"site{k}.log"))
         assert _online(_wait_for_sites(superlink, run_dir, 3, pki)) == 3
+        connect, round_timeout = 10, 150
+        start = time.monotonic()
         coordinator = subprocess.Popen(
             [COORDINATOR, "run", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=2", "federation.min_sites=2",
-             "federation.min_available=2", "federation.round_timeout=150", "train.steps=2", "train.batch_size=8",
-             "train.warmup_steps=1", "data.num_workers=0", "strategy.fraction_evaluate=0",
-             "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"],
+             "federation.min_available=3", f"federation.connect_timeout={connect}", "federation.round_retries=0",
+             f"federation.round_timeout={round_timeout}", "strategy.fraction_evaluate=1", *TINY_RUN],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**ENV, "RETINA_PKI": str(pki), "RETINA_SUPERLINK": superlink, "RETINA_RUNS": str(tmp_path / "runs"),
                  "RETINA_RUN_NAME": "run", "RETINA_CONFIG_DIR": str(DEPLOY / "config" / "coordinator")})
         _wait_for_text(tmp_path / "site2.log", "Receiving: train message", timeout=300)
         os.killpg(processes[3].pid, signal.SIGKILL)  # hospital-2 dies in the middle of round 1
         output, _ = coordinator.communicate(timeout=900)
-        assert coordinator.returncode == 0, output[-5000:]
+        took = time.monotonic() - start
+        assert coordinator.returncode == 2, output[-5000:]
+        assert "only 2 of the 3 sites needed were connected" in output and "Continue with:" in output, output[-5000:]
+        # round 1 waits for replies (a dead site's message fails once its heartbeat lapses), its
+        # evaluation and round 2 for sites: nothing waits longer
+        assert took < round_timeout + 2 * connect + 180, took
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["round"] for r in records] == [1, 2]
-        assert all(sorted(r["sites"]) == ["hospital-0", "hospital-1"] for r in records)
-        assert any("did not reply" in reason or "error reply" in reason for reason in records[0]["rejected"])
-        assert (run_dir / "checkpoints" / "round_0002" / "model.safetensors").is_file()
+        assert [r["round"] for r in records] == [1]
+        assert sorted(records[0]["sites"]) == ["hospital-0", "hospital-1"]
+        assert any("hospital-2" in reason for reason in records[0]["rejected"]), records[0]["rejected"]
+        assert records[0]["evaluation_skipped"].startswith("federated evaluation skipped: only 2 sites connected")
+        assert (run_dir / "checkpoints" / "round_0001" / "model.safetensors").is_file()
         # The site's data path stays at the site: it is in no file the coordinator wrote.
         for path in run_dir.rglob("*"):
             if path.is_file() and path.suffix in (".json", ".jsonl", ".yaml", ".toml", ".log", ".html", ".md"):
@@ -140,12 +159,12 @@ def test_three_sites_two_rounds_one_killed_mid_round(phantom, pki, tmp_path):
         assert 'id="aca-over-rounds"' in report and 'id="bytes-per-round"' in report and "hospital-1" in report
         exported = _cli(COORDINATOR, "export", str(run_dir), "--out", str(tmp_path / "model"))
         assert exported.returncode == 0, exported.stderr
-        assert "federated, 2 rounds of fedavg" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
+        assert "federated, 1 round of fedavg" in (tmp_path / "model" / "MODEL_CARD.md").read_text()
         status = _wait_for_sites(superlink, run_dir, 2, pki)
-        assert "finished:completed" in status and "round 2 complete" in status
-        assert (tmp_path / "site0" / "trainer" / "round_0002" / "trainer_state.pt").is_file()
+        assert "finished:failed" in status and "round 1 complete" in status
+        assert (tmp_path / "site0" / "trainer" / "round_0001" / "trainer_state.pt").is_file()
         privacy = (run_dir / "privacy.md").read_text()
-        assert "| Transport | TLS |" in privacy and "| 2 | hospital-0 | none |" in privacy
+        assert "| Transport | TLS |" in privacy and "| 1 | hospital-0 | none |" in privacy
     finally:
         _stop_all(processes)
     assert all(proc.poll() is not None for proc in processes)
@@ -170,42 +189,6 @@ def _exit_code(proc: subprocess.Popen, timeout: float) -> int | None:
         return None
 
 
-def test_site_identity_registered_key_joins_others_are_refused(phantom, pki, tmp_path):
-    for name in ("ca.key", "server.key"):
-        assert (pki / name).stat().st_mode & 0o777 == 0o600
-    port = free_port()
-    superlink = f"127.0.0.1:{port}"
-    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
-    try:
-        valid = _add_site(pki, "registered", superlink)
-        stranger = _add_site(pki, "stranger", None)  # keys made, never registered
-        wrong_ca = _add_site(pki, "wrong-ca", superlink)
-        # This site was handed another federation's CA: it cannot trust our SuperLink.
-        other = _make_pki(tmp_path / "other-pki")
-        (wrong_ca / "ca.crt").write_bytes((other / "ca.crt").read_bytes())
-        assert (valid / "site.key").stat().st_mode & 0o777 == 0o600
-        assert (valid / "ca.crt").read_bytes() == (pki / "ca.crt").read_bytes()
-        processes.append(_join(phantom, 0, superlink, "registered", valid, tmp_path / "a", tmp_path / "a.log"))
-        assert _online(_wait_for_sites(superlink, tmp_path / "run", 1, pki)) == 1
-        processes.append(_join(phantom, 1, superlink, "stranger", stranger, tmp_path / "b", tmp_path / "b.log"))
-        processes.append(_join(phantom, 2, superlink, "wrong-ca", wrong_ca, tmp_path / "c", tmp_path / "c.log"))
-        assert _exit_code(processes[2], 90) not in (None, 0)
-        assert "Failed to activate SuperNode" in (tmp_path / "b.log").read_text()
-        assert _exit_code(processes[3], 90) not in (None, 0)
-        assert "CERTIFICATE_VERIFY_FAILED" in (tmp_path / "c.log").read_text()
-        assert processes[1].poll() is None  # the registered site is still connected
-        listed = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", str(pki / "ca.crt"))
-        assert _online(listed.stdout) == 1
-        for log in tmp_path.glob("*.log"):  # no private key material in any log
-            assert "PRIVATE KEY" not in log.read_text(errors="replace")
-    finally:
-        _stop_all(processes)
-
-
-TINY_RUN = ["train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
-            "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]"]
-
-
 def _rounds(run_dir: Path) -> list[int]:
     path = run_dir / "metrics.jsonl"
     return [json.loads(line)["round"] for line in path.read_text().splitlines()] if path.is_file() else []
@@ -218,12 +201,6 @@ def _wait_for_rounds(run_dir: Path, n: int, timeout: float = 300) -> None:
         time.sleep(0.5)
 
 
-def _ctrl_c_enabled() -> None:
-    """In the child before exec: take SIGINT as a terminal's Ctrl-C would arrive, even when this
-    test runs where SIGINT is ignored (a background job), which the child would inherit."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _stop_all(processes: list[subprocess.Popen]) -> None:
     """Sites first (so they unregister from the SuperLink), then the SuperLink, each with every
     process under it (a ServerApp runs in a process group of its own)."""
@@ -231,11 +208,15 @@ def _stop_all(processes: list[subprocess.Popen]) -> None:
         stop_process_tree([proc.pid])
 
 
-def test_a_run_owns_its_folder_detaches_stops_resumes_and_sites_cannot_borrow_names(phantom, pki, tmp_path):
-    """Three registered sites, one of which claims another's name. A detached run keeps going and
-    keeps its folder (a second run is refused) until `retina-server stop`; a resumed run stopped
-    by Ctrl-C stops on the SuperLink too; the last resume finishes with every round logged once,
-    and the impostor's updates were never aggregated."""
+def test_a_run_owns_its_folder_detaches_stops_resumes_and_only_registered_names_count(phantom, pki, tmp_path):
+    """Site identity: a key never registered and a site holding another federation's CA are
+    refused, each with one line naming the cause; two registered sites join, one of them claiming
+    the other's name. A detached run keeps going and keeps its folder (a second run is refused)
+    until `retina-server stop`; the resume finishes with every round logged once, and the
+    impostor's updates were never aggregated. (Ctrl-C without --detach, which stops the run
+    instead: tests/unit/test_launch.py and the retina-sim Ctrl-C test.)"""
+    for name in ("ca.key", "server.key"):
+        assert (pki / name).stat().st_mode & 0o777 == 0o600
     port = free_port()
     superlink = f"127.0.0.1:{port}"
     run_dir = tmp_path / "runs" / "run"
@@ -244,21 +225,36 @@ def test_a_run_owns_its_folder_detaches_stops_resumes_and_sites_cannot_borrow_na
     server = [str(BIN / "retina-server")]
     launch = [*server, "run", "--superlink", superlink, "--root-certificates", ca]
     config = [f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
-              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=4", "federation.min_sites=2",
-              "federation.min_available=2", "federation.round_timeout=150", "strategy.fraction_evaluate=0", *TINY_RUN]
+              "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=3", "federation.min_sites=1",
+              "federation.min_available=2", "federation.round_timeout=150", "strategy.fraction_evaluate=0", "eval=none",
+              *TINY_RUN]
 
     def start(*args: str) -> subprocess.Popen:
         return subprocess.Popen(list(args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=ENV, preexec_fn=_ctrl_c_enabled)
+                                text=True, env=ENV)
 
     try:
-        for k, (name, claims) in enumerate((("site-a", "site-a"), ("site-b", "site-b"), ("site-c", "site-a"))):
+        for k, (name, claims) in enumerate((("site-a", "site-a"), ("site-b", "site-a"))):
             keys = _add_site(pki, name, superlink)
+            assert (keys / "site.key").stat().st_mode & 0o777 == 0o600
+            assert (keys / "ca.crt").read_bytes() == (pki / "ca.crt").read_bytes()
             processes.append(_join(phantom, k, superlink, claims, keys, tmp_path / f"s{k}", tmp_path / f"s{k}.log"))
-        status = _wait_for_sites(superlink, run_dir, 3, pki)
-        assert _online(status) == 3 and all(f"│ {n}" in status for n in ("site-a", "site-b", "site-c")), status
+        status = _wait_for_sites(superlink, run_dir, 2, pki)
+        assert _online(status) == 2 and all(f"│ {n}" in status for n in ("site-a", "site-b")), status
+        stranger = _add_site(pki, "stranger", None)  # keys made, never registered
+        wrong_ca = _add_site(pki, "wrong-ca", superlink)
+        # This site was handed another federation's CA: it cannot trust our SuperLink.
+        (wrong_ca / "ca.crt").write_bytes((_make_pki(tmp_path / "other-pki") / "ca.crt").read_bytes())
+        refused = [_join(phantom, 2, superlink, name, keys, tmp_path / name, tmp_path / f"{name}.log")
+                   for name, keys in (("stranger", stranger), ("wrong-ca", wrong_ca))]
+        processes += refused
 
         detached = start(*launch, "--detach", *config)
+        assert [_exit_code(proc, 90) for proc in refused] == [2, 2]
+        stranger_log, wrong_ca_log = ((tmp_path / f"{name}.log").read_text() for name in ("stranger", "wrong-ca"))
+        assert "Failed to activate SuperNode" in stranger_log and "error: the SuperLink refused this site's key" \
+            in stranger_log
+        assert "CERTIFICATE_VERIFY_FAILED" in wrong_ca_log and "not signed by the CA given" in wrong_ca_log
         _wait_for_rounds(run_dir, 1)
         detached.send_signal(signal.SIGTERM)
         output, _ = detached.communicate(timeout=60)
@@ -273,60 +269,21 @@ def test_a_run_owns_its_folder_detaches_stops_resumes_and_sites_cannot_borrow_na
         assert stopped.returncode == 0 and "stopped" in stopped.stdout and "--resume" in stopped.stdout, \
             stopped.stdout + stopped.stderr
         done = len(_rounds(run_dir))
-        assert _rounds(run_dir) == list(range(1, done + 1))
-
-        resumed = start(*launch, "--resume", str(run_dir))
-        _wait_for_rounds(run_dir, done + 1)
-        resumed.send_signal(signal.SIGINT)  # no terminal: Ctrl-C stops the run, it does not detach
-        output, _ = resumed.communicate(timeout=300)
-        assert resumed.returncode == 130 and "stopped" in output and "Continue with:" in output, output[-3000:]
-        assert f"--resume {run_dir}" in output.replace("\n", " ")
+        assert _rounds(run_dir) == list(range(1, done + 1)) and done < 3
+        assert f"Continue with:\n  retina-server run --superlink {superlink}" in stopped.stdout
 
         finished = subprocess.run([*launch, "--resume", str(run_dir)], capture_output=True, text=True, env=ENV,
                                   timeout=900)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-        assert [r["round"] for r in records] == [1, 2, 3, 4]  # every round once across four commands
-        assert all(sorted(r["sites"]) == ["site-a", "site-b"] for r in records)
-        impostor = "claims to be site 'site-a' but its key is registered as 'site-c' (rejected)"
+        assert [r["round"] for r in records] == [1, 2, 3]  # every round once across three commands
+        assert all(sorted(r["sites"]) == ["site-a"] for r in records)
+        impostor = "claims to be site 'site-a' but its key is registered as 'site-b' (rejected)"
         assert all(any(impostor in reason for reason in r["rejected"]) for r in records)
         runs = _cli("retina-server", "status", "--superlink", superlink, "--root-certificates", ca).stdout
-        assert "running" not in runs and runs.count("finished:stopped") == 2, runs
-    finally:
-        _stop_all(processes)
-
-
-def test_a_lost_site_with_min_available_all_sites_ends_the_run_within_its_deadlines(phantom, pki, tmp_path):
-    """Two sites, min_available=2, federated evaluation on; one site dies in round 1. Round 1 still
-    aggregates (min_sites=1) and is checkpointed; its evaluation is skipped or answered by the
-    survivor; round 2 cannot gather its sites and the run stops with the reason and the resume
-    command — within the configured deadlines, not waiting forever."""
-    port = free_port()
-    superlink = f"127.0.0.1:{port}"
-    run_dir = tmp_path / "runs" / "run"
-    processes = [_superlink(pki, tmp_path / "link", port, tmp_path / "superlink.log")]
-    connect, round_timeout = 20, 60
-    try:
-        for k in range(2):
-            keys = _add_site(pki, f"lost-{k}", superlink)
-            processes.append(_join(phantom, k, superlink, f"lost-{k}", keys, tmp_path / f"s{k}", tmp_path / f"s{k}.log"))
-        assert _online(_wait_for_sites(superlink, run_dir, 2, pki)) == 2
-        start = time.monotonic()
-        coordinator = subprocess.Popen(
-            [str(BIN / "retina-server"), "run", "--superlink", superlink, "--root-certificates", str(pki / "ca.crt"),
-             f"run_dir={run_dir}", f"phantom.root={phantom}", "phantom.sites=3", "phantom.images_per_site=16",
-             "phantom.heldout_images=22", "phantom.seed=9", "federation.rounds=3", "federation.min_sites=1",
-             "federation.min_available=2", f"federation.connect_timeout={connect}",
-             f"federation.round_timeout={round_timeout}", "federation.round_retries=0", *TINY_RUN],
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
-        _wait_for_text(tmp_path / "s1.log", "Receiving: train message", timeout=300)
-        os.killpg(processes[2].pid, signal.SIGKILL)  # lost-1 dies in the middle of round 1
-        output, _ = coordinator.communicate(timeout=900)
-        took = time.monotonic() - start
-        assert coordinator.returncode == 2, output[-3000:]
-        assert "only 1 of the 2 sites needed were connected" in output and "Continue with:" in output, output[-3000:]
-        assert _rounds(run_dir) == [1] and (run_dir / "checkpoints" / "round_0001" / "model.safetensors").is_file()
-        # training waits for replies, evaluation for sites and replies, round 2 for sites: nothing longer
-        assert took < 2 * round_timeout + 2 * connect + 120, took
+        assert "running" not in runs and runs.count("finished:stopped") == 1, runs
+        assert _online(runs) == 2  # the refused sites never came online
+        for log in tmp_path.glob("*.log"):  # no private key material in any log
+            assert "PRIVATE KEY" not in log.read_text(errors="replace")
     finally:
         _stop_all(processes)

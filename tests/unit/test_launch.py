@@ -128,3 +128,17 @@ def test_half_written_round_folders_are_removed_and_complete_ones_kept(tmp_path)
     (partial / "model.safetensors").write_bytes(b"half")
     assert remove_partial_rounds(tmp_path) == [partial] and not partial.exists()
     assert latest_round(tmp_path)[1].round == 1
+
+
+@pytest.mark.parametrize("answer, code, stopped", [("detach", 0, []), ("stop", 130, [17])])
+def test_ctrl_c_at_a_terminal_asks_whether_to_stop_or_detach(tmp_path, monkeypatch, flower, answer, code, stopped):
+    import rich.prompt
+
+    asked = []
+    monkeypatch.setattr(launch_module.sys.stdin, "isatty", lambda: True, raising=False)
+    monkeypatch.setattr(rich.prompt.Prompt, "ask", lambda question, **k: asked.append(question) or answer)
+    monkeypatch.setattr(launch_module, "wait_for_run", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with pytest.raises(SystemExit) as ended:
+        launch_run(_cfg(tmp_path / "run"), _launch())
+    assert ended.value.code == code and flower["stopped"] == stopped
+    assert asked == ["\nStop the run on the SuperLink, or detach and let it continue?"]

@@ -22,7 +22,7 @@ def test_federated_report_has_every_section_and_no_outside_reference(tmp_path):
                  "confusion-heldout/CFP", "samples-corpus"):
         assert f'id="{plot}"' in page, plot
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    assert "site_2: did not reply" in page and "Memorisation audit" in page and "rounds done / planned" in page
+    assert "site_2: did not reply" in page and "evaluation skipped: only 1 site connected" in page and "Memorisation audit" in page and "rounds done / planned" in page
     # Every src/href is inline data; http(s) appears only as SVG/XML namespace names.
     refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', page)
     assert refs and all(ref.startswith("data:") or ref.startswith("#") for ref in refs), refs
