@@ -183,10 +183,12 @@ def _status(args: argparse.Namespace) -> int:
             nodes = [n for n in list_nodes(client) if n.status != "unregistered"]
         runs = flwr_json(["ls", conn.name], env).get("runs", [])
     table = Table(title=f"sites at {args.superlink}")
-    for column in ("site", "status", "online since"):
-        table.add_column(column)
+    table.add_column("site")
+    table.add_column("node id", no_wrap=True, min_width=20)  # uint64: up to 20 digits, never cut
+    table.add_column("status")
+    table.add_column("online since")
     for node in sorted(nodes, key=lambda n: n.name or f"~{n.node_id}"):
-        table.add_row(node.name or f"node-{node.node_id} (unregistered name)", node.status,
+        table.add_row(node.name or "–", str(node.node_id), node.status,
                       node.last_activated_at[:19].replace("T", " ") if node.status == "online" else "")
     console.print(table)
     table = Table(title="runs")
