@@ -269,31 +269,6 @@ def run_logs(run_id: int, connection: str, env: dict[str, str]) -> str:
         return f"(logs unavailable: {exc})"
 
 
-def stop_process(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM a process we started, SIGKILL it if it has not exited after ``timeout`` s."""
-    try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child: poll for its disappearance instead
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            finished = 0
-        if finished:
-            return
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 def local_superlink_pids(home: Path) -> list[int]:
     """PIDs of the local (simulation) SuperLink that ``flwr run`` started for this FLWR_HOME."""
     marker = str(home / "local-superlink")

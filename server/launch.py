@@ -161,6 +161,17 @@ def _ask_stop_or_detach(console: Console) -> bool:
         return True
 
 
+def stop_and_wait(client, run_id: int, run_dir: Path, console: Console) -> bool:
+    """Stop ``run_id`` on the SuperLink and wait for its ServerApp to let go of ``run_dir``;
+    False when the run had already ended."""
+    if not stop_run(client, run_id):
+        return False
+    if not wait_until_released(run_dir, STOP_TIMEOUT):
+        console.print(f"[yellow]run {run_id} was stopped but its ServerApp still holds {run_dir} after "
+                      f"{STOP_TIMEOUT:.0f} s[/yellow]", highlight=False)
+    return True
+
+
 def _interrupted(run_id: int, run_dir: Path, launch: Launch, env: dict[str, str], console: Console,
                  asked: bool) -> int:
     """Stop the run (or detach from it) after Ctrl-C / SIGTERM; returns the command's exit status."""
@@ -174,15 +185,11 @@ def _interrupted(run_id: int, run_dir: Path, launch: Launch, env: dict[str, str]
         console.print(f"stopping run {run_id} ...", highlight=False)
         try:
             with control_client(launch.connection, env) as client:
-                stop_run(client, run_id)
-            released = wait_until_released(run_dir, STOP_TIMEOUT)
+                stop_and_wait(client, run_id, run_dir, console)
         except KeyboardInterrupt:
             console.print(f"[yellow]interrupted again: run {run_id} may still be running; stop it with "
                           f"retina-server stop --run-dir {run_dir}[/yellow]", highlight=False, soft_wrap=True)
             return 130
-        if not released:
-            console.print(f"[yellow]run {run_id} was stopped but its ServerApp still holds {run_dir} after "
-                          f"{STOP_TIMEOUT:.0f} s[/yellow]", highlight=False)
     console.print(f"run {run_id} stopped. {where_it_stands(run_dir, launch.resume_command)}", highlight=False,
                   soft_wrap=True)
     return 130

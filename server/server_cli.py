@@ -112,15 +112,16 @@ def compose_run_config(overrides: list[str], resume: Path | None, config_dir: Pa
     return OmegaConf.to_object(cfg)
 
 
-def _connection_flags(conn) -> list[str]:
-    if conn.insecure:
-        return ["--insecure"]
-    return ["--root-certificates", conn.root_certificates] if conn.root_certificates else []
+def _resume_command(conn, run_dir: str | Path) -> str:
+    """The ``retina-server run --resume`` command line that continues ``run_dir`` over ``conn``."""
+    import shlex
+
+    security = ["--insecure"] if conn.insecure else \
+        ["--root-certificates", conn.root_certificates] if conn.root_certificates else []
+    return shlex.join(["retina-server", "run", "--superlink", conn.address, *security, "--resume", str(run_dir)])
 
 
 def _run(args: argparse.Namespace) -> int:
-    import shlex
-
     from shared_model.data.embedded import ensure_phantom
     from server.launch import Launch, launch_run, with_absolute_paths
 
@@ -128,18 +129,16 @@ def _run(args: argparse.Namespace) -> int:
     if cfg.phantom.ensure and cfg.eval.sets:
         ensure_phantom(cfg.phantom)  # the default held-out evaluation set lives at the coordinator
     conn = _connection(args)
-    resume = shlex.join(["retina-server", "run", "--superlink", args.superlink, *_connection_flags(conn),
-                         "--resume", cfg.run_dir])
-    launch_run(cfg, Launch(conn, resume, detach=args.detach))
+    launch_run(cfg, Launch(conn, _resume_command(conn, cfg.run_dir), detach=args.detach))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     """Stop the run that owns a run folder (the one its launch.lock names) and wait for its
     ServerApp to let go of the folder."""
-    from server.flower_runtime import Connection, control_client, run_status, stop_run, write_connections
-    from server.launch import STOP_TIMEOUT, where_it_stands
-    from server.run_lock import describe, read_launch, wait_until_released
+    from server.flower_runtime import Connection, control_client, write_connections
+    from server.launch import stop_and_wait, where_it_stands
+    from server.run_lock import describe, read_launch
     from shared_model.offline_env import offline_env
 
     run_dir = Path(args.run_dir).resolve()
@@ -155,17 +154,9 @@ def _stop(args: argparse.Namespace) -> int:
     with tempfile.TemporaryDirectory(prefix="retinafl-stop-") as home:
         write_connections(Path(home), [conn])
         with control_client(conn, offline_env(Path(home))) as client:
-            status, _ = run_status(client, record.run_id)
-            stopped = not status.startswith("finished") and stop_run(client, record.run_id)
-    if not stopped:
-        console.print(f"run {record.run_id} had already ended ({status})", highlight=False)
-    elif not wait_until_released(run_dir, STOP_TIMEOUT):
-        console.print(f"[yellow]run {record.run_id} is stopped but its ServerApp still holds {run_dir} after "
-                      f"{STOP_TIMEOUT:.0f} s[/yellow]", highlight=False)
-    else:
-        console.print(f"run {record.run_id} stopped", highlight=False)
-    resume = ["retina-server", "run", "--superlink", conn.address, *_connection_flags(conn), "--resume", str(run_dir)]
-    console.print(where_it_stands(run_dir, " ".join(resume)), highlight=False, soft_wrap=True)
+            stopped = stop_and_wait(client, record.run_id, run_dir, console)
+    console.print(f"run {record.run_id} {'stopped' if stopped else 'had already ended'}", highlight=False)
+    console.print(where_it_stands(run_dir, _resume_command(conn, run_dir)), highlight=False, soft_wrap=True)
     return 0
 
 
