@@ -12,10 +12,10 @@ two replies under one name, are rejected.
 
 Screening rejects, before aggregation, a reply that carries an error (a site that refuses the
 round, e.g. another model schema or app version, or a damaged privacy ledger), belongs to another
-round (stale), comes from a site that stopped at its privacy budget, has different weight names
-than the global model, cannot be decoded as plain arrays (nothing is ever unpickled), or
-contains NaN/inf. If fewer than
-``min_sites`` replies survive by the deadline, the round is retried; after ``round_retries``
+round (stale), comes from a site that stopped at its privacy budget, or whose update does not
+fit the global model: other weight names, another shape or dtype, not plain arrays (nothing is
+ever unpickled), NaN/inf (:mod:`server.update_screen`; under SecAgg+ the masked vector's layout,
+before it is summed). If fewer than ``min_sites`` replies survive by the deadline, the round is retried; after ``round_retries``
 retries the run stops with :class:`QuorumError` and the global weights stay those of the last
 complete round.
 """
@@ -38,6 +38,7 @@ from flwr.serverapp.strategy import Strategy
 
 from shared_model.config import FederationConfig, SecAggConfig
 from shared_model.model.update_codec import decode_bf16_delta
+from server.update_screen import masked_mismatch, names_mismatch, update_mismatch
 from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
 
 log = logging.getLogger(__name__)
@@ -162,11 +163,12 @@ def _reject_impostors(replies: list[Message], registered: dict[int, str]) -> tup
     return [m for m in kept if site_name(m, registered) not in twice], reasons
 
 
-def screen_replies(replies: list[Message], server_round: int, expected_keys: set[str] | None,
+def screen_replies(replies: list[Message], server_round: int, check: Callable[[Message], str | None] | None,
                    registered: dict[int, str] | None = None) -> tuple[list[Message], list[str]]:
     """Split replies into usable ones (sorted by site name, so aggregation order is fixed) and
-    reasons for the rejected ones. ``expected_keys``: weight names a train reply must carry;
-    ``registered``: node id -> registered site name (:func:`registered_names`)."""
+    reasons for the rejected ones. ``check``: why a reply's update cannot be added to the global
+    model (:mod:`server.update_screen`), None for replies without weights; ``registered``: node
+    id -> registered site name (:func:`registered_names`)."""
     registered = registered or {}
     replies, rejected = _reject_impostors(replies, registered)
     accepted = []
@@ -184,18 +186,10 @@ def screen_replies(replies: list[Message], server_round: int, expected_keys: set
             rejected.append(f"{name}: stopped training, its next round would pass its privacy budget "
                             f"(ε spent {float(metrics.get('epsilon', float('nan'))):.3g})")
             continue
-        if expected_keys is not None:
-            arrays = msg.content.array_records.get("arrays")
-            if arrays is None or set(arrays.keys()) != expected_keys:
-                rejected.append(f"{name}: weight names differ from the global model")
-                continue
-            try:  # Flower decodes arrays with allow_pickle=False: a pickled payload fails here, unexecuted
-                bad = next((key for key, array in arrays.items() if not np.isfinite(array.numpy()).all()), None)
-            except (ValueError, TypeError) as exc:
-                rejected.append(f"{name}: update cannot be decoded as plain arrays ({exc}); rejected")
-                continue
-            if bad is not None:
-                rejected.append(f"{name}: non-finite values in {bad!r} (update rejected)")
+        if check is not None:
+            reason = check(msg)
+            if reason:
+                rejected.append(f"{name}: {reason} (update rejected)")
                 continue
         accepted.append(msg)
     accepted.sort(key=lambda m: site_name(m, registered))
@@ -216,8 +210,9 @@ def decode_updates(replies: list[Message], global_arrays: ArrayRecord,
             continue
         arrays = msg.content["arrays"]
         try:
-            if set(arrays.keys()) != set(reference):
-                raise ValueError("weight names differ from the global model")
+            names = names_mismatch(arrays.keys(), reference)
+            if names:
+                raise ValueError(names)
             decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
         except (ValueError, TypeError) as exc:
             reasons.append(f"{site_name(msg, registered)}: update is not a bf16 delta of the global model ({exc}); rejected")
@@ -234,19 +229,37 @@ def _seed_sampling(seed: int, server_round: int, attempt: int) -> None:
 
 
 def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, fed: FederationConfig,
-                    report: RoundReport) -> tuple[list[Message], list[np.ndarray] | None]:
-    """Run the round's training under SecAgg+: the replies (metrics, no weights) and the mean
-    delta of the survivors, or no mean when the round aborted."""
+                    report: RoundReport, screen: Callable[[list[Message]], list[Message]]
+                    ) -> tuple[list[Message], list[Message], list[np.ndarray] | None]:
+    """Run the round's training under SecAgg+: every masked-vector reply received, those
+    ``screen`` kept (metrics, no weights) and the mean delta of the kept ones, or no mean
+    when the round aborted."""
     contents = {m.metadata.dst_node_id: m.content for m in messages}
+    received: list[Message] = []
+
+    def keep(replies: list[Message]) -> list[Message]:
+        received.extend(replies)
+        return screen(replies)
+
     try:
         result = secure_mean(grid, list(contents), lambda nid: RecordDict(
-            {"arrays": contents[nid]["arrays"], "config": contents[nid]["config"]}), secagg, fed.round_timeout)
+            {"arrays": contents[nid]["arrays"], "config": contents[nid]["config"]}), secagg, fed.round_timeout, keep)
     except SecAggAbort as exc:
         report.rejected.append(str(exc))
-        return [], None
+        return received, [], None
     report.secagg = {"survivors": len(result.survivors), "dropped": {k: len(v) for k, v in result.dropped.items()},
                      "quantisation-step": quantisation_step(secagg), "clipping-range": secagg.clipping_range}
-    return result.replies, result.mean
+    return received, result.replies, result.mean
+
+
+def _update_check(arrays: ArrayRecord, secagg: SecAggConfig | None) -> Callable[[Message], str | None]:
+    """How a train reply's update is screened against the global ``arrays``: its weights, or
+    under SecAgg+ the layout of its masked vector."""
+    if secagg is not None and secagg.enabled:
+        return lambda msg: masked_mismatch(
+            list(msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.MASKED_PARAMETERS, [])),
+            arrays, secagg.modulus_range)
+    return lambda msg: update_mismatch(msg.content.array_records.get("arrays"), arrays)
 
 
 def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_round: int, fed: FederationConfig,
@@ -254,10 +267,11 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
                 train_config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundReport]:
     """One training round with retries; returns the aggregate and the round's report. With
     ``secagg`` enabled the aggregate is the global weights plus the securely summed mean delta;
-    ``train_config`` goes to every site with the weights."""
+    ``train_config`` goes to every site with the weights. Every update is screened before
+    anything of it is added (:mod:`server.update_screen`)."""
     report = RoundReport(server_round)
     secure = secagg is not None and secagg.enabled
-    expected = None if secure else set(arrays.keys())
+    check = _update_check(arrays, secagg)
     mean_delta = None
     for attempt in range(fed.round_retries + 1):
         report.attempts = attempt + 1
@@ -267,23 +281,27 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
                                                  _SitesDeadline(grid, fed.connect_timeout)))
         registered = registered_names(grid)
         report.bytes_sent += arrays_nbytes(arrays) * len(messages)
-        if secure:
-            replies, mean_delta = _secure_replies(grid, messages, secagg, fed, report)
+
+        def screen(replies: list[Message]) -> list[Message]:
+            accepted, rejected = screen_replies(replies, server_round, check, registered)
+            report.rejected.extend(rejected)
+            return accepted
+
+        if secure:  # screened inside, before the masked vectors are summed
+            replies, accepted, mean_delta = _secure_replies(grid, messages, secagg, fed, report, screen)
         else:
             replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+        wire = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
+        if not secure:
+            screened = replies
+            if fed.update_encoding == "bf16-delta":
+                screened, undecodable = decode_updates(replies, arrays, registered)
+                report.rejected.extend(undecodable)
+            accepted = screen(screened)
         report.site_privacy.update({site_name(m, registered): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
                                     if m.has_content() and PRIVACY_KEY in m.content.config_records})
-        wire = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
-        screened = replies
-        if fed.update_encoding == "bf16-delta" and not secure:
-            screened, undecodable = decode_updates(replies, arrays, registered)
-            report.rejected.extend(undecodable)
-        accepted, rejected = screen_replies(screened, server_round, expected, registered)
-        report.rejected.extend(rejected)
         report.bytes_received += sum(wire[id(m)] for m in accepted)
-        if secure and mean_delta is None:
-            accepted = []
-        else:
+        if not (secure and mean_delta is None):
             report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
         if len(accepted) >= fed.min_sites:
             break

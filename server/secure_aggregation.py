@@ -58,6 +58,7 @@ class SecAggResult:
     mean: list[np.ndarray]  # float64, in the order of the global arrays
     survivors: list[int]
     replies: list[Message]  # the survivors' stage-3 replies: masked vectors, metrics, site name
+    received: list[Message] = field(default_factory=list)  # every stage-3 reply, screened out or not
     dropped: dict[str, list[int]] = field(default_factory=dict)
 
 
@@ -80,9 +81,12 @@ def _neighbours(nodes: list[int], share_num: int) -> dict[int, set[int]]:
 
 
 def secure_mean(grid: Grid, nodes: list[int], train_content: Callable[[int], RecordDict], cfg: SecAggConfig,
-                timeout: float) -> SecAggResult:
+                timeout: float, screen: Callable[[list[Message]], list[Message]] = list) -> SecAggResult:
     """Run one SecAgg+ round over ``nodes``; ``train_content(node)`` is the usual train message
-    content (global arrays and config). Raises :class:`SecAggAbort` when too few survive."""
+    content (global arrays and config). ``screen`` keeps the masked-vector replies that may be
+    summed (:func:`server.update_screen.masked_mismatch`); a screened-out site is unmasked as one
+    that dropped after sharing keys: its pairwise masks are cancelled, its own stays secret.
+    Raises :class:`SecAggAbort` when too few survive."""
     n = len(nodes)
     threshold = threshold_for(cfg, n)
     share_num = n if cfg.neighbours <= 0 else min(cfg.neighbours, n)
@@ -107,11 +111,13 @@ def secure_mean(grid: Grid, nodes: list[int], train_content: Callable[[int], Rec
             else:
                 replies[reply.metadata.src_node_id] = reply
         dropped[stage] = sorted(targets - set(replies))
-        alive = set(replies)
-        if len(alive) < threshold or any(len(neighbours[nid] & alive) < threshold for nid in alive):
-            raise SecAggAbort(f"secure aggregation stage {stage!r}: {len(alive)} of {len(targets)} sites replied, "
-                              f"threshold {threshold}; round aborted, nothing unmasked")
+        require(set(replies), targets, stage, "replied")
         return replies
+
+    def require(alive: set[int], targets: set[int], stage: str, done: str) -> None:
+        if len(alive) < threshold or any(len(neighbours[nid] & alive) < threshold for nid in alive):
+            raise SecAggAbort(f"secure aggregation stage {stage!r}: {len(alive)} of {len(targets)} sites {done}, "
+                              f"threshold {threshold}; round aborted, nothing unmasked")
 
     def stage_config(values: dict) -> RecordDict:
         return RecordDict({RECORD_KEY_CONFIGS: ConfigRecord(values)})
@@ -143,7 +149,9 @@ def secure_mean(grid: Grid, nodes: list[int], train_content: Callable[[int], Rec
                                                     Key.CIPHERTEXT_LIST: routed[nid][1]})
         return content
 
-    replies = send(masked_stage, shared, Stage.COLLECT_MASKED_VECTORS)
+    received = send(masked_stage, shared, Stage.COLLECT_MASKED_VECTORS)
+    replies = {reply.metadata.src_node_id: reply for reply in screen(list(received.values()))}
+    require(set(replies), shared, Stage.COLLECT_MASKED_VECTORS, "sent a usable masked vector")
     survivors = set(replies)
     dead = shared - survivors
     masked = None
@@ -184,4 +192,4 @@ def secure_mean(grid: Grid, nodes: list[int], train_content: Callable[[int], Rec
     # Flower's array arithmetic returns numpy scalars for 0-d arrays, so build fresh arrays.
     mean = [np.asarray((np.asarray(v, dtype=np.float64) + offset) / weight).reshape(s)
             for v, s in zip(summed, shapes[1:], strict=True)]  # shapes[0] is the weight entry
-    return SecAggResult(mean, sorted(survivors), stage3, dropped)
+    return SecAggResult(mean, sorted(survivors), stage3, list(received.values()), dropped)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.common.serde import message_from_proto, message_to_proto
 
@@ -145,3 +146,40 @@ def test_deltas_are_clipped_to_the_masking_range_and_the_share_reported():
 def test_secagg_with_server_side_clipping_or_robust_aggregation_is_a_config_error(overrides, fragment):
     with pytest.raises(PrivacyConfigError, match=fragment):
         resolve_privacy(FederationAppConfig(secagg=SecAggConfig(enabled=True), **overrides))
+
+
+MASKED_POISON = {  # how a site rewrites its masked vector [weight, w, b, scale], what the reason names
+    "an extra array": (lambda v: v + [v[2]], "holds 4 weight arrays"),
+    "a missing array": (lambda v: v[:-1], "holds 2 weight arrays"),
+    "a float array": (lambda v: [v[0], v[1].astype(np.float64), *v[2:]], "masked 'w' is float64[3, 4]"),
+    "a (1,) array for a matrix": (lambda v: [v[0], v[1].reshape(-1)[:1], *v[2:]], "masked 'w' is int64[1]"),
+    "a 0-d array for a matrix": (lambda v: [v[0], v[1].reshape(-1)[0], *v[2:]], "masked 'w' is int64[]"),
+    "values beyond the modulus": (lambda v: [v[0], v[1] + CFG.modulus_range, *v[2:]], "outside [0,"),
+}
+
+
+@pytest.mark.parametrize("case", list(MASKED_POISON))
+def test_a_masked_vector_that_does_not_fit_the_model_is_cancelled_before_the_sum(case):
+    """The poisoned site is unmasked as one that dropped after sharing keys: the mean is that of
+    the other three, its own update is never revealed, and the reason names it."""
+    poison, named = MASKED_POISON[case]
+    grid, global_arrays, local, _ = _federation(4, {})
+    honest = grid.handlers[3]
+
+    def poisoned(msg: Message) -> Message | None:
+        reply = honest(msg)
+        record = reply.content.config_records[RECORD_KEY_CONFIGS]
+        if Key.MASKED_PARAMETERS in record:
+            vector = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+            record[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(np.asarray(a)) for a in poison(vector)]
+        return reply
+
+    grid.handlers[3] = poisoned
+    fed = FederationConfig(rounds=1, min_sites=3, min_available=4, round_timeout=30, connect_timeout=5)
+    arrays = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
+    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed), arrays, 1, fed, 0, CFG)
+    for key in SHAPES:
+        fedavg = np.mean([local[nid][key].astype(np.float64) for nid in (1, 2, 4)], axis=0)
+        assert np.abs(aggregate[key].numpy() - fedavg).max() <= quantisation_step(CFG) + 1e-6
+    assert report.secagg["survivors"] == 3 and sorted(report.sites) == ["site-1", "site-2", "site-4"]
+    assert len(report.rejected) == 1 and report.rejected[0].startswith("site-3: ") and named in report.rejected[0]
