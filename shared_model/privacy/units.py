@@ -1,8 +1,10 @@
 """Privacy units and their Poisson sampling (Abadi et al. 2016; the sampling the accountants model).
 
-With ``unit=patient`` all images of one patient at one site form a single record: the patient is
-sampled or not, and the per-patient gradient (the sum over that patient's images) is clipped,
-so ε bounds what the update reveals about a whole patient. ``unit=image`` treats every image
+With ``unit=patient`` all images of one patient at one site form a single record, whichever of
+the site's manifests lists them (a patient with fundus photographs in one manifest and OCT
+volumes in another is one unit, not two): the patient is sampled or not, and the per-patient
+gradient (the sum over that patient's images) is clipped, so ε bounds what the update reveals
+about a whole patient. This needs one patient id per patient across a site's manifests. ``unit=image`` treats every image
 as its own record, which says nothing about patients with several images.
 """
 
@@ -23,8 +25,8 @@ def unit_ids(records: list[Record], unit: str) -> list[int]:
         raise ValueError(f"privacy.unit must be one of {UNITS}, got {unit!r}")
     if unit == "image":
         return list(range(len(records)))
-    index: dict[tuple[str, str], int] = {}
-    return [index.setdefault((r.source, r.patient_id), len(index)) for r in records]
+    index: dict[str, int] = {}
+    return [index.setdefault(r.patient_id, len(index)) for r in records]
 
 
 def secret_generator(device: str | torch.device = "cpu") -> torch.Generator:
