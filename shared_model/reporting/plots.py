@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 from PIL import Image
 
 Series = dict[str, tuple[list[float], list[float]]]
@@ -23,7 +24,13 @@ def figure_svg(fig: Figure) -> str:
 
 def line_panels(panels: dict[str, Series], xlabel: str, log_y: bool = False) -> str:
     """One subplot per panel title, one line per series (e.g. a loss term per panel, a site per
-    line); markers so that single points show."""
+    line); markers so that single points show. As SVG: :func:`line_panels_figure`."""
+    return figure_svg(line_panels_figure(panels, xlabel, log_y))
+
+
+def line_panels_figure(panels: dict[str, Series], xlabel: str, log_y: bool = False) -> Figure:
+    """The figure of :func:`line_panels`. Its x values are rounds or steps: ticks only at
+    integers (never a round 1.5)."""
     n = len(panels)
     columns = min(n, 3)
     rows = -(-n // columns)
@@ -34,13 +41,14 @@ def line_panels(panels: dict[str, Series], xlabel: str, log_y: bool = False) -> 
             ax.plot(xs, ys, marker="o", markersize=3, linewidth=1.4, label=label)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel(xlabel)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         if log_y and all(y > 0 for _, ys in series.values() for y in ys):
             ax.set_yscale("log")
         if 1 < len(series) <= 12:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    return figure_svg(fig)
+    return fig
 
 
 def grouped_bars(xs: list[int], bars: dict[str, list[float]], xlabel: str, ylabel: str) -> str:

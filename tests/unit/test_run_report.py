@@ -12,6 +12,7 @@ import shutil
 import pytest
 
 from shared_model.reporting.metrics_log import MetricsLog, read_metrics, scalar_leaves
+from shared_model.reporting.plots import line_panels_figure
 from shared_model.reporting.run_report import build_report, write_run_report
 from tests.fixtures.run_folder import make_run_folder
 
@@ -107,3 +108,10 @@ def test_export_checks_the_weights_and_refuses_a_full_folder(tmp_path):
     assert not (tmp_path / "third").exists()
     shutil.rmtree(run)
     assert load_checkpoint(out)[1].name == cfg.name  # the export stands alone
+
+
+def test_round_axes_tick_only_at_whole_rounds():
+    """Three rounds of ε: matplotlib's default locator would tick at 1.0, 1.25, 1.5, …"""
+    fig = line_panels_figure({"ε spent so far": {"site_0": ([1, 2, 3], [0.5, 0.9, 1.2])}}, "round")
+    ticks = [t for t in fig.axes[0].get_xticks() if 1 <= t <= 3]
+    assert ticks == [1, 2, 3]
