@@ -45,24 +45,41 @@ def _fmt(value: float | None) -> str:
     return MISSING if value is None else f"{value:.3f}"
 
 
-def _metric_cell(entry: dict, key: str) -> str:
-    if "mean" in entry:  # probe summaries: mean ± std over folds or trials
+# The terminal's 80 columns: ACA with its spread, macro-F1, AUC and kappa as means (every figure
+# stays in summary.md and metrics.json).
+COMPACT_HEADERS = ("task", "dataset", "n", "ACA", "F1", "AUC", "κ")
+COMPACT_METRICS = ("aca", "macro_f1", "auc", "kappa")
+COMPACT_SECTIONS = {"zero_shot": "zero-shot", "linear_probe": "probe", "linear_probe_features": "probe, tower",
+                    "kshot": "k-shot"}
+
+
+def _metric_cell(entry: dict, key: str, spread: str | None = " ± ") -> str:
+    """``entry``'s ``key``: probe summaries as mean ± std over folds or trials (``spread`` the
+    separator; None: the mean alone)."""
+    if "mean" in entry:
         mean, std = entry["mean"][key], entry["std"][key]
-        return MISSING if mean is None else f"{mean:.3f} ± {std:.3f}"
+        if mean is None or spread is None:
+            return _fmt(mean)
+        return f"{mean:.3f}{spread}{std:.3f}"
     return _fmt(entry[key])
 
 
-def classification_rows(results: dict) -> list[list[str]]:
-    """One row per classification entry (zero-shot, probes, k-shot): the CLASSIFICATION_HEADERS cells."""
+def classification_rows(results: dict, compact: bool = False) -> list[list[str]]:
+    """One row per classification entry (zero-shot, probes, k-shot): the CLASSIFICATION_HEADERS
+    cells, or with ``compact`` the COMPACT_HEADERS ones."""
     rows = []
-    for section, label in CLASSIFICATION_SECTIONS.items():
+    for section, label in (COMPACT_SECTIONS if compact else CLASSIFICATION_SECTIONS).items():
         for dataset, entry in results.get(section, {}).items():
             task = label
             if "k" in entry:
                 task = f"{entry['k']}-shot ×{entry['n_trials']}"
             elif "n_splits" in entry:
-                task = f"{label} ({entry['n_splits']}-fold)"
-            rows.append([task, dataset, str(entry["n"])] + [_metric_cell(entry, key) for key in SCALAR_METRICS])
+                task = f"{label} {entry['n_splits']}-fold" if compact else f"{label} ({entry['n_splits']}-fold)"
+            if compact:
+                cells = [_metric_cell(entry, key, "±" if key == "aca" else None) for key in COMPACT_METRICS]
+            else:
+                cells = [_metric_cell(entry, key) for key in SCALAR_METRICS]
+            rows.append([task, dataset, str(entry["n"]), *cells])
     return rows
 
 
@@ -95,11 +112,12 @@ def _retrieval_table(results: dict, compact: bool = False) -> tuple[list[str], l
 
 
 def render_table(results: dict, title: str | None = None) -> Table:
-    """Rich table of the results (classification rows, then retrieval rows) for the terminal."""
+    """Rich table of the results (classification rows, then retrieval rows) for the terminal,
+    narrow enough for 80 columns (:data:`COMPACT_HEADERS`)."""
     outer = Table.grid(padding=(1, 0))
-    classification = classification_rows(results)
+    classification = classification_rows(results, compact=True)
     if classification:
-        table = Table(*CLASSIFICATION_HEADERS, title=title)
+        table = Table(*COMPACT_HEADERS, title=title)
         for row in classification:
             table.add_row(*row)
         outer.add_row(table)

@@ -348,10 +348,12 @@ def test_report_writes_files_and_json_round_trips(tmp_path):
     assert "linear probe (2-fold)" in summary and "1-shot ×2" in summary and " ± " in summary
     assert "| pairs | image→text | 4 | 1.000 | 1.000 | 1.000 | 1.0 | 1.0 |" in summary
 
-    console = Console(record=True, width=200)
+    console = Console(record=True, width=80)  # the terminal it must fit, no cell cut
     console.print(render_table(results, title="Round 3"))
     text = console.export_text()
-    assert "zero-shot" in text and "image→text" in text
+    assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80
+    for cell in ("zero-shot", "probe 2-fold", "1-shot ×2", "image→text", "toy"):
+        assert cell in text
 
 
 def test_report_refuses_nan(tmp_path):
