@@ -79,18 +79,29 @@ def sites_summary(record: dict) -> tuple[str, str]:
     return label, " / ".join(site_summary(m) for m in record["sites"].values())
 
 
+CONSOLE_WIDTH = 80  # a round's line is broken between fields, never inside one, to fit
+
+
 def round_row(record: dict, seconds: float | None) -> str:
-    """One printable line (80 columns for a few sites): each site's loss (ε under DP-SGD), the
-    aggregate's zero-shot ACA per task (named by modality alone when there is one set), time,
-    bytes moved."""
+    """A round as the console prints it: each site's loss (ε under DP-SGD), the aggregate's
+    zero-shot ACA per task (named by modality alone when there is one set), time, bytes moved;
+    on one line when it fits :data:`CONSOLE_WIDTH`, else continued on indented lines, broken
+    between fields (many sites or eval sets)."""
     evals = record["server_eval"] or {}
     one_set = len({task.split("/")[0] for task in evals}) == 1
-    aca = " ".join(f"{task.split('/')[-1] if one_set else task} {v['aca']:.3f}" for task, v in evals.items())
+    aca = [f"{task.split('/')[-1] if one_set else task} {v['aca']:.3f}" for task, v in evals.items()]
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
     label, sites = sites_summary(record)
-    shown = f"ACA {aca}" if aca else "not evaluated"
     took = "–" if seconds is None else f"{seconds:.0f}"
-    return f"round {record['round']}  {label} {sites}  {shown}  {took} s  {moved:.0f} MiB"
+    fields = [f"round {record['round']}", f"{label} {sites}", *(["ACA " + aca[0], *aca[1:]] if aca else ["not evaluated"]),
+              f"{took} s", f"{moved:.0f} MiB"]
+    lines = [fields[0]]
+    for part in fields[1:]:
+        if len(lines[-1]) + 2 + len(part) <= CONSOLE_WIDTH:
+            lines[-1] += "  " + part
+        else:
+            lines.append("    " + part)
+    return "\n".join(lines)
 
 
 def _sync_metrics(path: Path, history: list[dict]) -> None:

@@ -23,7 +23,7 @@ from shared_model.privacy.plan import resolve_privacy
 from shared_model.reporting.metrics_log import read_metrics
 from shared_model.run_folder import check_run_folder
 from shared_model.train.centralized import write_resolved_config
-from server.federation import round_row, sites_summary
+from server.federation import round_row, site_summary, sites_summary
 from shared_model.atomic_files import write_text_atomic
 from shared_model.offline_env import offline_env
 from server.flower_app import write_flower_app
@@ -63,18 +63,20 @@ def _run_deadline(cfg: FederationAppConfig) -> float:
 
 def round_table(records: list[dict]) -> Table:
     """Rows of ``metrics.jsonl``: each site's loss (ε under DP-SGD, where losses are not sent),
-    the aggregate's zero-shot ACA at the server and at the sites, time, bytes."""
+    one site per line, the aggregate's zero-shot ACA at the server (one set per line) and at the
+    sites, time, bytes — narrow enough for 80 columns."""
     label = sites_summary(records[-1])[0] if records else "loss"
-    sites = " / ".join(records[-1]["sites"]) if records else ""
     table = Table(title="federated rounds")
-    for column in ("round", f"{label}: {sites}", "zero-shot ACA", "at sites", "s", "MiB"):
-        table.add_column(column)
+    for column in ("round", f"site {label}", "zero-shot ACA", "at sites", "s", "MiB"):
+        table.add_column(column, overflow="fold")
     for r in records:
         evals = r.get("server_eval") or {}
         aca = "\n".join(f"{v['aca']:.3f}" if len(evals) == 1 else f"{task} {v['aca']:.3f}" for task, v in evals.items())
+        sites = "\n".join(f"{name} {site_summary(m)}" for name, m in r["sites"].items())
         fed = r.get("federated_eval", {}).get("zero-shot-aca")
-        table.add_row(str(r["round"]), sites_summary(r)[1], aca or "–", "–" if fed is None else f"{fed:.3f}",
-                      f"{r['seconds']:.0f}", f"{(r['bytes_sent'] + r['bytes_received']) / 2 ** 20:.0f}")
+        seconds = "–" if r.get("seconds") is None else f"{r['seconds']:.0f}"
+        table.add_row(str(r["round"]), sites or "–", aca or "–", "–" if fed is None else f"{fed:.3f}",
+                      seconds, f"{(r['bytes_sent'] + r['bytes_received']) / 2 ** 20:.0f}")
     last = (records[-1].get("server_eval") or {}) if records else {}
     if len(last) == 1:
         table.caption = f"zero-shot ACA on {next(iter(last))}"

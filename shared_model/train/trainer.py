@@ -48,6 +48,16 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+SHORT_TERMS = {"image_text": "i-t", "image_image": "i-i", "mae": "mae"}  # the progress line's term labels
+
+
+def progress_info(terms: dict[str, float], rate: float) -> str:
+    """The progress bar's figures, short enough for 80 columns beside the bar: each loss term
+    (``i-t`` image-text, ``i-i`` cross-modality, ``mae``) and the images per second."""
+    shown = " ".join(f"{SHORT_TERMS.get(name, name)} {value:.2f}" for name, value in terms.items())
+    return f"{shown}  {rate:.0f} img/s" if shown else f"{rate:.0f} img/s"
+
+
 @dataclass
 class TrainStats:
     """What one call of :meth:`LocalTrainer.run` did. A loss term that a step did not compute
@@ -139,8 +149,8 @@ class LocalTrainer:
         skipped: dict[str, None] = {}  # distinct, in the order met: a file fails each time it is drawn
         done = images = anchors = paired = 0
         start = time.perf_counter()
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"))
+        columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
         with Progress(*columns, disable=not progress, transient=False) as bar:
             task = bar.add_task(label, total=steps, info="")
             while done < steps and not self._out_of_time(start, max_seconds):
@@ -158,8 +168,7 @@ class LocalTrainer:
                         sums[name] += value
                         counts[name] += 1
                     rate = images / max(time.perf_counter() - start, 1e-9)
-                    bar.update(task, advance=1, info=" ".join(f"{k}={v:.3f}" for k, v in loss.terms.items())
-                               + f" | {rate:.1f} img/s")
+                    bar.update(task, advance=1, info=progress_info(loss.terms, rate))
                     if metrics is not None and (self.step % self.cfg.log_every == 0 or done == steps):
                         metrics.append(self._log_line(loss, rate))
                     if done >= steps or self._out_of_time(start, max_seconds):
