@@ -13,7 +13,6 @@ Flower's own refusals are translated into what an operator can act on (:func:`ex
 
 from __future__ import annotations
 
-import logging
 
 import json
 import os
@@ -175,8 +174,6 @@ def control_client(connection: Connection, env: dict[str, str]) -> Iterator:
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection
 
-    # httpx logs every request at INFO: one line per status poll, every second, in the user's console.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     if connection.address == LOCAL_ADDRESS:
         port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")  # Flower's default
         connection = Connection(connection.name, f"127.0.0.1:{port}", insecure=True)
