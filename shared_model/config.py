@@ -439,12 +439,17 @@ class SynthTrainConfig:
     checkpoint_every: int = 500
     num_workers: int = 1
     log_every: int = 20
+    # With no val/test rows in data.manifests, this share of the site's patients (drawn with
+    # ``seed``) is kept out of training as the memorisation audit's unseen reference and listed
+    # in the run folder's holdout.json. 0: none; the audit then needs val/test rows.
+    holdout_fraction: float = 0.1
 
     def __post_init__(self) -> None:
         check_range("train", self, AT_LEAST_ONE, "steps", "batch_size", "log_every")
         check_range("train", self, POSITIVE, "lr")
         check_range("train", self, NON_NEGATIVE, "weight_decay", "warmup_steps", "checkpoint_every", "num_workers")
         check_range("train", self, FRACTION, "ema_decay")
+        check_range("train", self, ("in [0, 1)", lambda v: 0 <= v < 1), "holdout_fraction")
 
 
 @dataclass

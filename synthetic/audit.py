@@ -10,12 +10,18 @@ held-out must stay near one half (at most ``max_closer_to_train``). Captions may
 verbatim span of a training report (spans the public dictionary itself writes are exempt). Also measured: label fidelity (the common evaluator's zero-
 shot class is a conditioning label) and diversity (mean pairwise embedding distance, against
 real held-out images). Writes ``audit.json`` and ``closest_pairs.png`` into the corpus folder.
+
+Held-out images are the site's val/test rows and the patients the generator's run held out of
+training (:mod:`synthetic.holdout`). Every image is read: an unreadable synthetic image fails the
+corpus (it was not checked), and so does an unreadable training or held-out image (a damaged
+reference cannot vouch for a corpus); the record lists each one by manifest row. The record keeps
+every synthetic image's SHA-256, which export checks.
 """
 
 from __future__ import annotations
 
+import os
 import random
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,19 +29,21 @@ from rich.progress import track
 
 from shared_model.atomic_files import write_json_atomic
 from shared_model.config import AuditConfig, DataConfig
-from shared_model.data.manifest import Record, load_manifest
+from shared_model.data.manifest import ManifestIssue, Record, load_manifest
 from shared_model.data.preprocess import prepare_image
-from shared_model.data.readers import ImageReadError, read_image
+from shared_model.data.readers import ImageReadError, read_frames, summarise_unreadable
 from shared_model.eval.evaluate import class_embeddings, embed_records
 from shared_model.eval.zero_shot import zero_shot_logits
 from shared_model.model.checkpoint import sha256_file
 from shared_model.prompts import build_caption, get_category
 from shared_model.train.centralized import load_training_records
 from shared_model.train.trainer import resolve_device
+from synthetic.holdout import HELD_OUT_SPLITS, HOLDOUT_FILE, read_holdout, split_records
 from synthetic.sampling import MANIFEST
 
 AUDIT_FILE = "audit.json"
 DCR_DRAWS = 25
+MIN_HELDOUT = 10  # real images the generator never saw, to calibrate the thresholds on
 PUBLIC_DRAWS = 300
 PAIRS_FILE = "closest_pairs.png"
 
@@ -45,21 +53,22 @@ class AuditError(ValueError):
 
 
 def pixel_features(records: list[Record], size: int, what: str = "images",
-                   progress: bool = False) -> tuple[np.ndarray, list[Record]]:
-    """[N, 3*size*size] images in [0, 1] (readable records only)."""
-    rows, kept = [], []
+                   progress: bool = False) -> tuple[np.ndarray, list[Record], list[str]]:
+    """[N, 3*size*size] images in [0, 1] (a volume's central B-scan) of the readable records, those
+    records, and one line per unreadable file naming its manifest and row (as
+    :func:`shared_model.data.manifest.unreadable_images` words it)."""
+    rows, kept, unreadable = [], [], []
     for record in track(records, description=f"reading {what}", disable=not progress, transient=True):
         try:
-            img = read_image(record.image, size)
-        except ImageReadError:
+            frames = read_frames(record, size)
+        except ImageReadError as exc:
+            unreadable.append(str(ManifestIssue(record.source, record.row, "image", str(exc), "unreadable image")))
             continue
-        if img.ndim == 4:
-            img = img[img.shape[0] // 2]
-        rows.append(prepare_image(img, record.modality, size).flatten().numpy())
+        rows.append(prepare_image(frames[len(frames) // 2], record.modality, size).flatten().numpy())
         kept.append(record)
     if not rows:
-        raise AuditError("no readable images to audit")
-    return np.stack(rows), kept
+        raise AuditError(f"no readable {what} to audit: {summarise_unreadable(unreadable)}")
+    return np.stack(rows), kept, unreadable
 
 
 def nearest(a: np.ndarray, b: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
@@ -140,23 +149,90 @@ def label_fidelity(model, records: list[Record], embeddings: np.ndarray, categor
     return float(np.mean(hits)) if hits else float("nan")
 
 
+def reference_records(data: DataConfig, run_dir: Path | None = None) -> tuple[list[Record], list[Record], dict]:
+    """The training rows the generator saw, the held-out rows it never saw — ``data.manifests``'
+    val/test rows and the rows of the patients the generator run folder ``run_dir`` held out of
+    training (its ``holdout.json``) — and where the held-out rows come from."""
+    train = load_training_records(data)
+    heldout = [r for split in HELD_OUT_SPLITS for r in split_records(data, split)]
+    path = run_dir / HOLDOUT_FILE if run_dir is not None else None
+    recorded = read_holdout(path) if path is not None else None
+    source = {"val_test_rows": len(heldout), "holdout_file": None, "holdout_patients": 0, "holdout_rows": 0}
+    if recorded:
+        images = {row["image"] for row in recorded["rows"]}
+        kept_out = [r for r in train if str(r.image.resolve()) in images]
+        missing = sorted(images - {str(r.image.resolve()) for r in kept_out})
+        if missing:
+            raise AuditError(f"{path}: {len(missing)} held-out image(s) are not training rows of data.manifests="
+                             f"{data.manifests} (first: {missing[0]}); audit against the manifests the generator "
+                             "was trained on")
+        patients = set(recorded["patients"])
+        train = [r for r in train if r.patient_id not in patients]
+        heldout += kept_out
+        source.update(holdout_file=str(path), holdout_patients=len(patients), holdout_rows=len(kept_out))
+    if len(heldout) < MIN_HELDOUT:
+        if recorded:
+            where = (f"{len(kept_out)} rows of the {len(patients)} patients in {path} and "
+                     f"{source['val_test_rows']} val/test rows")
+            fix = ("retrain the generator with a larger train.holdout_fraction, or add val/test rows of patients it "
+                   "never trained on")
+        else:
+            where = f"val/test rows of data.manifests={data.manifests}"
+            fix = (f"{run_dir} has no {HOLDOUT_FILE} (retina-synth train writes one when train.holdout_fraction > 0 "
+                   "and the manifests have no val/test rows): retrain the generator with train.holdout_fraction=0.1, "
+                   "or add val/test rows of patients it never trained on (e.g. a manifest of them with split=test: "
+                   "retina-synth audit ... 'data.manifests=[SITE.csv,HELDOUT.csv]')" if run_dir is not None
+                   else "give the site's held-out rows")
+        raise AuditError(f"{len(heldout)} held-out rows ({where}): the audit calibrates its thresholds on at least "
+                         f"{MIN_HELDOUT} real images the generator never saw; {fix}")
+    return train, heldout, source
+
+
+def failures(audit: dict) -> list[str]:
+    """Why an audit record's verdict is FAILED, one line per reason (none: it passed)."""
+    failed = []
+    unreadable = audit["unreadable"]
+    if unreadable["synthetic"]:
+        failed.append(f"synthetic images not checked: {summarise_unreadable(unreadable['synthetic'])}")
+    for key, name in (("train", "training"), ("heldout", "held-out")):
+        if unreadable[key]:
+            failed.append(f"{name} images: {summarise_unreadable(unreadable[key])}; the audit cannot vouch for a "
+                          "corpus against images it could not read: repair or remove those rows "
+                          "(retina-data validate lists them)")
+    for space in ("pixel", "embedding"):
+        s = audit.get(space)
+        if s and not s["passed"]:
+            failed.append(f"{space} space: near copies {s['near_copy_fraction']:.3f} (max "
+                          f"{audit['config']['max_near_copy_fraction']}), closer to train "
+                          f"{s['closer_to_train_fraction']:.3f} (max {audit['config']['max_closer_to_train']})")
+    if not audit["captions"]["passed"]:
+        failed.append(f"{len(audit['captions']['captions_with_verbatim_span'])} captions repeat a training report verbatim")
+    return failed
+
+
+def image_key(path: Path, corpus: Path) -> str:
+    """An image's name in the audit record: its path relative to the corpus folder."""
+    return Path(os.path.relpath(path, corpus)).as_posix()
+
+
 def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "auto", seed: int = 0,
-              progress: bool = False) -> dict:
-    """Audit ``corpus`` against the site's training rows and its held-out (val/test) rows of
-    ``data.manifests``; writes and returns the audit record (``passed`` is the verdict)."""
+              progress: bool = False, run_dir: Path | None = None) -> dict:
+    """Audit ``corpus`` against the site's training and held-out rows (:func:`reference_records`;
+    ``run_dir``: the generator's run folder); writes and returns the audit record (``passed`` is
+    the verdict, ``failures`` the reasons when it failed)."""
     synthetic_records = load_manifest(corpus / MANIFEST).records
-    train_records = load_training_records(data)
-    heldout_records = [r for split in ("val", "test") for r in _split(data, split)]
-    if len(heldout_records) < 10:
-        raise AuditError(f"{len(heldout_records)} held-out (val/test) rows in {data.manifests}: the audit calibrates "
-                         "its thresholds on real images the generator never saw; give the site's held-out rows")
-    syn_px, synthetic_records = pixel_features(synthetic_records, cfg.pixel_size, "synthetic images", progress)
-    train_px, train_records = pixel_features(train_records, cfg.pixel_size, "training images", progress)
-    held_px, heldout_records = pixel_features(heldout_records, cfg.pixel_size, "held-out images", progress)
+    train_records, heldout_records, heldout_source = reference_records(data, run_dir)
+    image_sha256 = {image_key(r.image, corpus): sha256_file(r.image) for r in synthetic_records}
+    syn_px, synthetic_records, syn_bad = pixel_features(synthetic_records, cfg.pixel_size, "synthetic images",
+                                                        progress)
+    train_px, train_records, train_bad = pixel_features(train_records, cfg.pixel_size, "training images", progress)
+    held_px, heldout_records, held_bad = pixel_features(heldout_records, cfg.pixel_size, "held-out images", progress)
+    unreadable = {"synthetic": syn_bad, "train": train_bad, "heldout": held_bad}
     pixel = space_checks(syn_px, train_px, held_px, "rms", cfg, seed)
     result: dict = {"corpus": str(corpus), "manifest_sha256": sha256_file(corpus / MANIFEST),
-                    "n_synthetic": len(synthetic_records), "n_train": len(train_records),
-                    "n_heldout": len(heldout_records), "config": cfg.__dict__, "pixel": pixel}
+                    "image_sha256": image_sha256, "n_synthetic": len(synthetic_records), "n_train": len(train_records),
+                    "n_heldout": len(heldout_records), "heldout": heldout_source, "unreadable": unreadable,
+                    "config": cfg.__dict__, "pixel": pixel}
     spaces = [pixel]
     if cfg.checkpoint:
         from shared_model.model.checkpoint import load_checkpoint
@@ -164,31 +240,29 @@ def run_audit(corpus: Path, data: DataConfig, cfg: AuditConfig, device: str = "a
         dev = resolve_device(device)
         model, model_cfg = load_checkpoint(cfg.checkpoint, dev)
         size = model_cfg.image.image_size
-        syn_e, train_e, held_e = (embed_records(model, recs, size, dev, progress=progress).embeddings
-                                  for recs in (synthetic_records, train_records, heldout_records))
-        embedding = space_checks(syn_e, train_e, held_e, "cosine", cfg, seed)
+        embedded = [embed_records(model, recs, size, dev, progress=progress)
+                    for recs in (synthetic_records, train_records, heldout_records)]
+        for key, found in zip(unreadable, embedded):
+            unreadable[key] += found.skipped  # a file that stopped decoding since the pixel pass
+        syn, train, held = embedded
+        embedding = space_checks(syn.embeddings, train.embeddings, held.embeddings, "cosine", cfg, seed)
         spaces.append(embedding)
-        categories = sorted({get_category(label).key for r in synthetic_records for label in r.labels})
+        categories = sorted({get_category(label).key for r in syn.records for label in r.labels})
         result.update(embedding=embedding, label_fidelity={
-            "synthetic": label_fidelity(model, synthetic_records, syn_e, categories),
-            "heldout_real": label_fidelity(model, heldout_records, held_e, categories)},
-            diversity={"synthetic": mean_pairwise_distance(syn_e), "heldout_real": mean_pairwise_distance(held_e)})
+            "synthetic": label_fidelity(model, syn.records, syn.embeddings, categories),
+            "heldout_real": label_fidelity(model, held.records, held.embeddings, categories)},
+            diversity={"synthetic": mean_pairwise_distance(syn.embeddings),
+                       "heldout_real": mean_pairwise_distance(held.embeddings)})
     copied = verbatim_spans(synthetic_records, [r.report for r in train_records if r.report], cfg.verbatim_chars)
     result["captions"] = {"verbatim_span_chars": cfg.verbatim_chars, "captions_with_verbatim_span": copied,
                           "passed": not copied}
-    result["passed"] = all(s["passed"] for s in spaces) and not copied
     write_closest_pairs(corpus / PAIRS_FILE, syn_px, train_px, pixel, cfg)
     for space in spaces:
         space.pop("_nearest"), space.pop("_distance")
+    result["failures"] = failures(result)
+    result["passed"] = not result["failures"]
     write_json_atomic(corpus / AUDIT_FILE, result)
     return result
-
-
-def _split(data: DataConfig, split: str) -> list[Record]:
-    try:
-        return load_training_records(replace(data, split=split))
-    except ValueError:  # no rows of that split
-        return []
 
 
 def write_closest_pairs(path: Path, synthetic: np.ndarray, train: np.ndarray, pixel: dict, cfg: AuditConfig) -> None:

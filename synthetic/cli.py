@@ -7,11 +7,13 @@
   retina-synth export --corpus corpus/ --out shareable/ [--force --reason "..."]
 
 ``train`` fits the conditional DDPM on the manifests' train rows (DP-SGD with ``--dp``, with the
-same accountant, unit and budget rules as the foundation model: ``privacy.*`` overrides);
-``sample`` writes images and a manifest with dictionary captions; ``audit`` checks the corpus
-against the site's training and held-out (val/test) images; ``export`` copies an audited corpus
-with its dataset card and refuses a failed audit unless forced with a reason. OVERRIDES are Hydra
-overrides of the ``synth`` config (``generator.*``, ``train.*``, ``sample.*``, ``audit.*``, ``privacy.*``).
+same accountant, unit and budget rules as the foundation model: ``privacy.*`` overrides), holding
+out ``train.holdout_fraction`` of the patients for the audit when the manifests have no val/test
+rows; ``sample`` writes images and a manifest with dictionary captions; ``audit`` checks the
+corpus against the site's training and held-out images; ``export`` copies an audited corpus with
+its dataset card, refuses a failed audit unless forced with a reason, and always refuses a corpus
+changed since its audit. OVERRIDES are Hydra overrides of the ``synth`` config (``generator.*``,
+``train.*``, ``sample.*``, ``audit.*``, ``privacy.*``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def compose(overrides: list[str], run_dir: Path | None = None):
 
 
 def _train(args: argparse.Namespace) -> int:
+    from synthetic.holdout import HOLDOUT_FILE
     from synthetic.training import train_generator
 
     manifests = ",".join(str(Path(m).resolve()) for m in args.manifest)
@@ -51,12 +54,26 @@ def _train(args: argparse.Namespace) -> int:
                  *(["privacy.mode=dp-sgd"] if args.dp else []), *(["resume=true"] if args.resume else []),
                  *args.overrides]
     summary = train_generator(compose(overrides))
+    console = Console()
+    console.print(f"generator at step {summary['step']} in {args.run_dir}", highlight=False)
+    loss = summary["loss"]
+    if loss:
+        console.print(f"loss {loss['first']:.4f} ({_steps(loss['first_steps'])}) -> {loss['last']:.4f} "
+                      f"({_steps(loss['last_steps'])}), {summary['images_per_s']:.1f} img/s", highlight=False)
     privacy = summary["privacy"]
-    eps = f"; ε={privacy['epsilon']:.3g} at δ={privacy['delta']:.2g} ({privacy['unit']} unit)" \
-        if privacy.get("mode") == "dp-sgd" else ""
-    Console().print(f"generator at step {summary['step']} in {args.run_dir}: loss {summary['loss_first_chunk']} -> "
-                    f"{summary['loss_last_chunk']}, {summary['images_per_s']:.1f} img/s{eps}", highlight=False)
+    if privacy.get("mode") == "dp-sgd":
+        console.print(f"ε={privacy['epsilon']:.3g} at δ={privacy['delta']:.2g} ({privacy['unit']} unit)",
+                      highlight=False)
+    held = summary["holdout"]
+    if held:
+        console.print(f"held out for the audit: {held['patients']} patients ({held['rows']} rows), "
+                      f"listed in {Path(args.run_dir) / HOLDOUT_FILE}", highlight=False)
     return 0
+
+
+def _steps(span: list[int]) -> str:
+    """``step 20`` or ``steps 20-100``: the logged steps a loss figure averages."""
+    return f"step {span[0]}" if span[0] == span[1] else f"steps {span[0]}-{span[1]}"
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -90,19 +107,31 @@ def _refresh_reports(corpus: Path) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from synthetic.audit import run_audit
+    from rich.markup import escape
+
+    from synthetic.audit import AUDIT_FILE, run_audit
+    from synthetic.holdout import HOLDOUT_FILE
 
     overrides = ([f"audit.checkpoint={Path(args.checkpoint).resolve()}"] if args.checkpoint else []) + args.overrides
     app = compose(overrides, Path(args.generator))
-    result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed, progress=True)
+    result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed, progress=True,
+                       run_dir=Path(args.generator))
     console = Console()
+    held = result["heldout"]
+    console.print(f"audited {result['n_synthetic']} synthetic against {result['n_train']} training and "
+                  f"{result['n_heldout']} held-out images", highlight=False)
+    if held["holdout_file"]:
+        console.print(f"held out: {held['holdout_rows']} rows of {held['holdout_patients']} patients "
+                      f"({HOLDOUT_FILE}), {held['val_test_rows']} val/test rows", highlight=False)
     for space in ("pixel", "embedding"):
         s = result.get(space)
         if s:
             console.print(f"{space}: near copies {s['near_copy_fraction']:.3f} (threshold {s['threshold']:.4f}), "
                           f"closer to train {s['closer_to_train_fraction']:.3f}", highlight=False)
     console.print(f"audit {'[green]passed[/green]' if result['passed'] else '[red]FAILED[/red]'}: "
-                  f"{Path(args.corpus) / 'audit.json'}")
+                  f"{escape(str(Path(args.corpus) / AUDIT_FILE))}")
+    for reason in result["failures"]:
+        console.print(f"  - {escape(reason)}", highlight=False)
     if app.report.html:
         _refresh_reports(Path(args.corpus))
     return 0 if result["passed"] else 3

@@ -1,9 +1,10 @@
 """Training the generator at a site: the DDPM noise-prediction loss (Ho et al. 2020) with a cosine
 noise schedule (Nichol & Dhariwal 2021), condition dropout for classifier-free guidance, AdamW
 with warm-up and cosine decay, EMA weights (diffusers' ``EMAModel``), bf16 autocast on CUDA, a
-progress bar, and exact resumption from the run folder. With ``privacy.mode=dp-sgd`` the steps
-are DP-SGD steps with the foundation model's accountant, units, ledger and budget rules — valid
-because the diffusion loss of one image reads that image only."""
+progress bar, and exact resumption from the run folder. Without val/test rows a seeded share of
+the site's patients is held out of training for the audit (:mod:`synthetic.holdout`). With
+``privacy.mode=dp-sgd`` the steps are DP-SGD steps with the foundation model's accountant, units,
+ledger and budget rules — valid because the diffusion loss of one image reads that image only."""
 
 from __future__ import annotations
 
@@ -31,10 +32,12 @@ from shared_model.train.trainer import resolve_device, seed_everything
 from synthetic.conditioning import Conditioning, training_mix
 from synthetic.dataset import GeneratorDataset, collate_images
 from synthetic.generator import GENERATOR_DIR, ConditionalUNet, load_generator, save_generator
+from synthetic.holdout import HOLDOUT_FILE, hold_out
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "generator_state.pt"
+LOSS_WINDOW = 5  # logged steps averaged at each end of a run's loss summary
 
 
 def noise_scheduler(num_train_timesteps: int):
@@ -54,6 +57,7 @@ class GeneratorStats:
     seconds: float
     loss: float  # mean over the steps
     skipped: int
+    logged: list[tuple[int, float]]  # (step, loss) of the steps logged every train.log_every
 
 
 class GeneratorTrainer:
@@ -131,6 +135,7 @@ class GeneratorTrainer:
     def run(self, steps: int, progress: bool = True, metrics: MetricsLog | None = None) -> GeneratorStats:
         """Train ``steps`` steps."""
         total = images = skipped = done = 0
+        logged: list[tuple[int, float]] = []
         start = time.perf_counter()
         columns = (TextColumn("[bold]generator"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("{task.fields[info]}"))
@@ -145,10 +150,12 @@ class GeneratorTrainer:
                 total += loss
                 images += len(batch["index"])
                 bar.update(task, advance=1, info=f"loss={loss:.4f} | {images / (time.perf_counter() - start):.1f} img/s")
-                if metrics is not None and (self.step % self.cfg.log_every == 0 or done == steps):
-                    metrics.append({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0],
-                                    "images_per_s": images / (time.perf_counter() - start)})
-        return GeneratorStats(done, images, time.perf_counter() - start, total / max(done, 1), skipped)
+                if self.step % self.cfg.log_every == 0 or done == steps:
+                    logged.append((self.step, loss))
+                    if metrics is not None:
+                        metrics.append({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0],
+                                        "images_per_s": images / (time.perf_counter() - start)})
+        return GeneratorStats(done, images, time.perf_counter() - start, total / max(done, 1), skipped, logged)
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA weights as a state dict of the model."""
@@ -176,18 +183,32 @@ class GeneratorTrainer:
         torch.set_rng_state(state["torch_rng"])
 
 
+def loss_trend(logged: list[tuple[int, float]], window: int = LOSS_WINDOW) -> dict | None:
+    """The mean loss over the first and over the last ``window`` logged (step, loss) pairs (fewer
+    in a short run, never overlapping) and the steps each spans: the trend ``metrics.jsonl`` and
+    the progress bar show, in two numbers (``None`` when nothing was logged)."""
+    if not logged:
+        return None
+    count = max(1, min(window, len(logged) // 2))
+    head, tail = logged[:count], logged[-count:]
+    return {"first": sum(loss for _, loss in head) / count, "first_steps": [head[0][0], head[-1][0]],
+            "last": sum(loss for _, loss in tail) / count, "last_steps": [tail[0][0], tail[-1][0]]}
+
+
 def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
-    """Train (or, with ``resume``, continue) the generator on ``app.data.manifests``' train rows;
-    the run folder gets ``config.yaml``, ``metrics.jsonl``, ``generator/`` (weights, EMA weights,
-    description), the trainer state and, under DP-SGD, the privacy ledger. Returns a summary."""
+    """Train (or, with ``resume``, continue) the generator on ``app.data.manifests``' train rows,
+    less the patients held out for the audit when the manifests have no val/test rows
+    (:func:`synthetic.holdout.hold_out`); the run folder gets ``config.yaml``, ``metrics.jsonl``,
+    ``generator/`` (weights, EMA weights, description), the trainer state, ``holdout.json`` when
+    patients were held out and, under DP-SGD, the privacy ledger. Returns a summary."""
     problems = privacy_problems(app.privacy)
     if problems:
         raise PrivacyConfigError("privacy configuration refused:\n  - " + "\n  - ".join(problems))
     run_dir = Path(app.run_dir)
     write_resolved_config(app, run_dir)
-    records = load_training_records(app.data)
     folder = run_dir / GENERATOR_DIR
     resuming = app.resume and (run_dir / STATE_FILE).is_file()
+    records, heldout = hold_out(app, load_training_records(app.data), resuming)
     seed_everything(app.train.seed)
     if resuming:
         model, _ = load_generator(folder, use_ema=False)
@@ -223,9 +244,11 @@ def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
         trainer.save_state(run_dir)
     steps = sum(c.steps for c in chunks)
     summary = {"step": trainer.step, "steps_this_run": steps, "device": str(trainer.device),
-               "loss_first_chunk": chunks[0].loss if chunks else None, "loss_last_chunk": chunks[-1].loss if chunks else None,
+               "loss": loss_trend([point for c in chunks for point in c.logged]),
                "images_per_s": sum(c.images for c in chunks) / max(sum(c.seconds for c in chunks), 1e-9),
                "skipped_images": sum(c.skipped for c in chunks),
+               "holdout": {"patients": len({r.patient_id for r in heldout}), "rows": len(heldout),
+                           "file": str(run_dir / HOLDOUT_FILE)} if heldout else None,
                "privacy": session.describe() if session is not None else {"mode": "none"}}
     write_json_atomic(run_dir / "train_summary.json", summary)
     metrics.close()
