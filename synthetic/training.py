@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from shared_model.atomic_files import atomic_path, write_json_atomic
 from shared_model.config import SynthAppConfig
+from shared_model.model.state_dicts import read_trainer_state
 from shared_model.privacy.dp_trainer import PoissonBatches, empty_batch_grads, make_private, sum_per_unit
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.model_fixes import make_opacus_compatible
@@ -174,7 +175,7 @@ class GeneratorTrainer:
             torch.save(state, tmp)
 
     def load_state(self, folder: Path) -> None:
-        state = torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True)
+        state = read_trainer_state(folder / STATE_FILE)
         self.optimizer.load_state_dict(state["optimizer"])
         self.lr_schedule.load_state_dict(state["lr_schedule"])
         self.ema.load_state_dict(state["ema"])

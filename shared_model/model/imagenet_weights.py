@@ -8,7 +8,7 @@ BatchNorm eps 1e-3), so they are mapped by position, as nanoGPT ports GPT-2: the
 shape and every tensor kind (weight, bias, running mean/var, step counter) must agree, or nothing
 is loaded. The mapped network classifies ImageNet-like pictures correctly with the inputs
 standardised as TF-Lite trained it, mean 0.5 and std 0.5 (``model.image.input_norm=inception``;
-tests/unit/test_imagenet_weights.py).
+tests/unit/test_cnn_tower.py).
 """
 
 from __future__ import annotations

@@ -33,6 +33,23 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     return state
 
 
+def read_trainer_state(path: Path) -> dict:
+    """A trainer's saved state (optimizer, schedule, RNG, position) from ``path``: tensors and
+    plain values only (``weights_only=True``); a file that is missing, damaged or holds anything
+    else (a pickle that would run code) is a CheckpointError naming it."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such trainer state")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # any decoding failure is reported the same way
+        raise CheckpointError(f"{path}: cannot be read as a trainer state ({type(exc).__name__}: "
+                              f"{str(exc).strip().splitlines()[0] if str(exc).strip() else ''}); "
+                              "nothing in it was executed") from exc
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: does not hold a trainer state")
+    return state
+
+
 def load_state_dict_checked(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
     """Strict load that names missing, unexpected and wrongly-shaped keys instead of a torch traceback."""
     own = model.state_dict()

@@ -25,6 +25,7 @@ from shared_model.config import TrainConfig
 from shared_model.data.dataset import Batch, EpochBatchSampler, RetinaDataset, collate
 from shared_model.losses.objective import EyeCLIPObjective, ObjectiveOutput
 from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.model.state_dicts import read_trainer_state
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.train.optim import build_optimizer, build_scheduler
 from shared_model.train.proximal import ProximalTerm
@@ -223,4 +224,4 @@ class LocalTrainer:
 
     def load_state(self, folder: Path) -> None:
         """Restore from ``folder/trainer_state.pt`` (tensors and plain values only: ``weights_only=True``)."""
-        self.load_state_dict(torch.load(folder / STATE_FILE, map_location="cpu", weights_only=True))
+        self.load_state_dict(read_trainer_state(folder / STATE_FILE))
