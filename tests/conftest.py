@@ -8,12 +8,24 @@ from pathlib import Path
 import pytest
 
 from shared_model.conf import compose_app
+from tests.fixtures import processes
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_set_timer(item, settings):
+    """pytest-timeout arms its timer for ``item``: start the clock subprocess waits are cut to."""
+    processes.start_test_clock(settings.timeout)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_timeout_cancel_timer(item):
+    processes.start_test_clock(None)
 
 
 def real_data_dir() -> Path | None:

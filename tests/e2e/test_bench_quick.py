@@ -7,16 +7,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import subprocess
 import sys
 from pathlib import Path
+
+from tests.fixtures import processes
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def test_every_benchmark_runs_and_reports_ratios(tmp_path):
-    done = subprocess.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path / "bench.md")],
-                          cwd=REPO, capture_output=True, text=True, timeout=900, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    done = processes.run([sys.executable, "-m", "bench.run", "--quick", "--out", str(tmp_path / "bench.md")],
+                         cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads((tmp_path / "benchmarks.json").read_text())["rows"]
     assert {r["benchmark"] for r in rows} == {"training step", "DP overhead", "aggregation", "communication",

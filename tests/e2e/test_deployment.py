@@ -25,6 +25,7 @@ import pytest
 
 from server.flower_runtime import free_port, stop_process_tree
 from shared_model.data.phantom import PhantomSpec, generate_phantom
+from tests.fixtures.processes import communicate, run, time_left
 
 BIN = Path(sys.executable).parent
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -51,7 +52,7 @@ def _start(args: list[str], log: Path, **env: str) -> subprocess.Popen:
 
 
 def _wait_for_text(path: Path, text: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + time_left(timeout)
     while text not in path.read_text(errors="replace"):
         assert time.monotonic() < deadline, f"{text!r} never appeared in {path}"
         time.sleep(0.5)
@@ -59,7 +60,7 @@ def _wait_for_text(path: Path, text: str, timeout: float) -> None:
 
 def _cli(*args: str, **env: str) -> subprocess.CompletedProcess:
     command = args[0] if args[0].endswith(".sh") else str(BIN / args[0])
-    return subprocess.run([command, *args[1:]], capture_output=True, text=True, env={**ENV, **env}, timeout=300)
+    return run([command, *args[1:]], 300, env={**ENV, **env})
 
 
 def _make_pki(folder: Path) -> Path:
@@ -102,7 +103,7 @@ def _online(status: str) -> int:
 
 
 def _wait_for_sites(superlink: str, run_dir: Path, n: int, pki: Path, timeout: float = 120) -> str:
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + time_left(timeout)
     while True:
         status = _cli(COORDINATOR, "status", "--run-dir", str(run_dir), RETINA_PKI=str(pki), RETINA_SUPERLINK=superlink)
         if _online(status.stdout) >= n or time.monotonic() > deadline:
@@ -138,7 +139,7 @@ def test_three_sites_min_available_all_one_killed_mid_round_stops_within_its_dea
                  "RETINA_RUN_NAME": "run", "RETINA_CONFIG_DIR": str(DEPLOY / "config" / "coordinator")})
         _wait_for_text(tmp_path / "site2.log", "Receiving: train message", timeout=300)
         os.killpg(processes[3].pid, signal.SIGKILL)  # hospital-2 dies in the middle of round 1
-        output, _ = coordinator.communicate(timeout=900)
+        output, _ = communicate(coordinator)
         took = time.monotonic() - start
         assert coordinator.returncode == 2, output[-5000:]
         assert "only 2 of the 3 sites needed were connected" in output and "Continue with:" in output, output[-5000:]
@@ -171,20 +172,20 @@ def test_three_sites_min_available_all_one_killed_mid_round_stops_within_its_dea
 
 
 def test_site_check_reports_readiness_and_refuses_bad_data(phantom, tmp_path):
-    ok = subprocess.run([str(BIN / "retina-client"), "check", "--manifest", str(phantom / "site_0" / "manifest.csv"),
-                         "--device", "cpu"], capture_output=True, text=True, env=ENV, timeout=300)
+    ok = run([str(BIN / "retina-client"), "check", "--manifest", str(phantom / "site_0" / "manifest.csv"),
+              "--device", "cpu"], 300, env=ENV)
     assert ok.returncode == 0 and "ready to join" in ok.stdout and "CFP" in ok.stdout
     bad = tmp_path / "bad.csv"
     bad.write_text("image,patient_id,eye,modality,labels,report,split\nmissing.png,p1,OD,CFP,normal,,train\n")
-    refused = subprocess.run([str(BIN / "retina-client"), "--manifest", str(bad), "--server", "127.0.0.1:1",
-                              "--insecure"], capture_output=True, text=True, env=ENV, timeout=300)
+    refused = run([str(BIN / "retina-client"), "--manifest", str(bad), "--server", "127.0.0.1:1", "--insecure"], 300,
+                  env=ENV)
     assert refused.returncode == 2 and "missing.png" in refused.stderr and "Traceback" not in refused.stderr
     assert "warning: --insecure" in refused.stderr
 
 
 def _exit_code(proc: subprocess.Popen, timeout: float) -> int | None:
     try:
-        return proc.wait(timeout=timeout)
+        return proc.wait(timeout=time_left(timeout))
     except subprocess.TimeoutExpired:
         return None
 
@@ -200,9 +201,10 @@ def _launched_run(run_dir: Path) -> int:
 
 
 def _wait_for_rounds(run_dir: Path, n: int, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
+    wait = time_left(timeout)
+    deadline = time.monotonic() + wait
     while len(_rounds(run_dir)) < n:
-        assert time.monotonic() < deadline, f"{run_dir}: fewer than {n} rounds after {timeout:.0f} s"
+        assert time.monotonic() < deadline, f"{run_dir}: fewer than {n} rounds after {wait:.0f} s"
         time.sleep(0.5)
 
 
@@ -262,15 +264,14 @@ def test_a_run_owns_its_folder_detaches_stops_resumes_and_only_registered_names_
         assert "CERTIFICATE_VERIFY_FAILED" in wrong_ca_log and "not signed by the CA given" in wrong_ca_log
         _wait_for_rounds(run_dir, 1)
         detached.send_signal(signal.SIGTERM)
-        output, _ = detached.communicate(timeout=60)
+        output, _ = communicate(detached, 60)
         assert detached.returncode == 0 and "detached: run" in output, output[-3000:]
 
-        second = subprocess.run([*launch, *config], capture_output=True, text=True, env=ENV, timeout=120)
+        second = run([*launch, *config], 120, env=ENV)
         assert second.returncode == 2 and "a second run on this folder is refused" in second.stderr, second.stderr
         assert "retina-server stop --run-dir" in second.stderr
 
-        stopped = subprocess.run([*server, "stop", "--run-dir", str(run_dir)], capture_output=True, text=True,
-                                 env=ENV, timeout=300)
+        stopped = run([*server, "stop", "--run-dir", str(run_dir)], 300, env=ENV)
         assert stopped.returncode == 0, stopped.stdout + stopped.stderr
         done = len(_rounds(run_dir))
         assert _rounds(run_dir) == list(range(1, done + 1))
@@ -280,8 +281,7 @@ def test_a_run_owns_its_folder_detaches_stops_resumes_and_only_registered_names_
             in stopped.stdout, stopped.stdout
         assert f"Continue with:\n  retina-server run --superlink {superlink}" in stopped.stdout
 
-        finished = subprocess.run([*launch, "--resume", str(run_dir)], capture_output=True, text=True, env=ENV,
-                                  timeout=900)
+        finished = run([*launch, "--resume", str(run_dir)], env=ENV)
         assert finished.returncode == 0, finished.stdout[-3000:] + finished.stderr[-3000:]
         records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
         assert [r["round"] for r in records] == [1, 2]  # every round once across the commands

@@ -1,7 +1,7 @@
 """DP-SGD mechanics, each check with a positive control that shows it would catch the fault:
-per-sample gradients of every layer type we train under Opacus, clipping to C, the noise scale,
-and the empirical sensitivity of the summed clipped gradient of our DP objective (and its
-violation by in-batch InfoNCE). Plus the refusal of coupled objectives."""
+per-sample gradients of every layer type we train under Opacus, our trainer's clipping to C and
+noise scale, and the empirical sensitivity of the summed clipped gradient of our DP objective
+(and its violation by in-batch InfoNCE). Plus the refusal of coupled objectives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,6 @@ import random
 import pytest
 import torch
 from opacus import GradSampleModule
-from opacus.optimizers import DPOptimizer
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block
 from torch import nn
@@ -99,45 +98,6 @@ def test_per_sample_check_catches_a_batch_coupled_layer():
     assert not _per_sample_matches(BatchCentring(), torch.randn(5, 6))
 
 
-# --- clipping and noise ----------------------------------------------------------------------
-def _dp_linear(noise: float, clip: float, batch: int, features: int = 20, out: int = 10):
-    model = nn.Linear(features, out)
-    wrapped = GradSampleModule(model, batch_first=True, loss_reduction="sum")
-    optimizer = DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=noise, max_grad_norm=clip,
-                            expected_batch_size=batch, loss_reduction="sum",
-                            generator=torch.Generator().manual_seed(0))
-    return model, wrapped, optimizer
-
-
-@pytest.mark.parametrize("clip,expected", [(0.7, 0.7), (1e6, None)])
-def test_one_example_without_noise_is_clipped_to_exactly_c(clip, expected):
-    torch.manual_seed(0)
-    model, wrapped, optimizer = _dp_linear(0.0, clip, 1)
-    wrapped(torch.randn(1, 20) * 10).pow(2).sum().backward()
-    raw = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
-    optimizer.pre_step()
-    norm = torch.cat([p.grad.flatten() for p in model.parameters()]).norm()
-    if expected is None:  # positive control: with no effective clipping the norm is the raw one, far above C
-        assert norm == pytest.approx(float(raw), rel=1e-4) and norm > 10
-    else:
-        assert norm == pytest.approx(expected, rel=1e-4)
-
-
-@pytest.mark.parametrize("batch", [4, 1])
-def test_noise_on_zero_gradients_has_std_sigma_c_over_b(batch):
-    sigma, clip = 1.5, 2.0
-    model, _, optimizer = _dp_linear(sigma, clip, batch, features=500, out=200)
-    optimizer.loss_reduction = "mean"  # divide the noised sum by the expected batch size
-    for p in model.parameters():
-        p.grad_sample = torch.zeros((4, *p.shape))
-    optimizer.pre_step()
-    std = float(model.weight.grad.std())
-    if batch == 4:
-        assert std == pytest.approx(sigma * clip / 4, rel=0.02)
-    else:  # positive control: a wrong expected batch size is off by far more than 2 %
-        assert abs(std / (sigma * clip / 4) - 1) > 0.5
-
-
 # --- the DP objective's sensitivity ----------------------------------------------------------
 TINY = ModelConfig(name="dp-test", image=ImageTowerConfig(image_size=32, patch_size=8, width=48, depth=2, num_heads=2,
                                                           input_norm="local_contrast"),
@@ -160,12 +120,16 @@ def _coupled_masking(x, mask_ratio):
     return kept, torch.gather(mask, 1, ids_restore), ids_restore
 
 
-def _dp_trainer(clipping: str, text_layers: int = 0) -> DPSGDTrainer:
+DP_LOSS = LossConfig(image_text_variant="bank", image_image=0.0)
+MAE_ONLY = LossConfig(image_text=0.0, image_image=0.0)  # also decomposable, and no pass over the text bank: quick
+
+
+def _dp_trainer(clipping: str, text_layers: int = 0, noise: float = 0.0, loss: LossConfig = DP_LOSS) -> DPSGDTrainer:
+    """Eight units sampled at rate 0.5 (expected batch size B = 4), clipping norm C = 0.05."""
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, trainable_layers=text_layers)))
-    objective = EyeCLIPObjective(LossConfig(image_text_variant="bank", image_image=0.0))
-    return DPSGDTrainer(model, objective, TrainConfig(steps=1, batch_size=4, warmup_steps=0), torch.device("cpu"),
-                        list(range(8)), 0.5, 0.0, 0.05, clipping=clipping)
+    return DPSGDTrainer(model, EyeCLIPObjective(loss), TrainConfig(steps=1, batch_size=4, warmup_steps=0),
+                        torch.device("cpu"), list(range(8)), 0.5, noise, 0.05, clipping=clipping)
 
 
 def _items() -> list[dict]:
@@ -248,6 +212,39 @@ def test_in_batch_infonce_violates_the_sensitivity_bound(dp_setup, monkeypatch):
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
     coupled = EyeCLIPObjective(LossConfig(image_text_variant="clip", image_image=0.0, mae=0.01))
     assert _largest_change(trainer, coupled, items, list(range(8))) > 1.05 * trainer.optimizer.max_grad_norm
+
+
+# --- our trainer's clipping and noise --------------------------------------------------------
+@pytest.fixture(scope="module")
+def ghost() -> DPSGDTrainer:
+    """DPSGDTrainer on its default clipping path (ghost norms) with σ = 1.5, stepping quickly."""
+    assert PrivacyConfig().clipping == "ghost"
+    return _dp_trainer("ghost", noise=1.5, loss=MAE_ONLY)
+
+
+def test_a_unit_above_c_adds_exactly_c_to_the_clipped_sum(ghost, monkeypatch):
+    """The ghost-clipped sum for one unit of two images has norm exactly C; with C far above it,
+    the unit's raw norm (positive control: clipping acted)."""
+    monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
+    items = _items()[:2]
+    monkeypatch.setattr(ghost.clipper, "max_grad_norm", 1e6)
+    raw = float(_summed_clipped(ghost, ghost.objective, items, [0, 0]).norm())
+    monkeypatch.setattr(ghost.clipper, "max_grad_norm", 0.05)
+    clipped = float(_summed_clipped(ghost, ghost.objective, items, [0, 0]).norm())
+    assert raw > 10 * 0.05 and clipped == pytest.approx(0.05, rel=1e-4)
+
+
+@pytest.mark.parametrize("images", [0, 8], ids=["empty-batch", "eight-images"])
+def test_our_dp_step_adds_noise_of_std_sigma_c_over_the_expected_batch_size(ghost, images):
+    """A DPSGDTrainer step leaves (clipped sum + N(0, σ²C²)) / B in every gradient, B = 0.5 · 8 = 4
+    the expected batch size, whatever the batch drawn: an empty Poisson batch (zero gradients,
+    pure noise) and one of 8 images (a clipped sum of norm at most 8C/B, beside noise of norm
+    σC/B·√100k) both give a std of σC/B within 2 % (over 100k parameters the sampling error of
+    the std is 0.2 %; dividing by the 8 images drawn would halve it)."""
+    ghost.train_step(collate(_items()[:images]))
+    grads = torch.cat([p.grad.flatten() for p in ghost.optimizer.params])
+    assert len(grads) > 50_000
+    assert float(grads.std()) == pytest.approx(1.5 * 0.05 / 4, rel=0.02)
 
 
 # --- configuration --------------------------------------------------------------------------

@@ -239,9 +239,22 @@ def test_prompt_ensemble_is_modest_and_includes_name(key):
         assert any(CATEGORIES[key].display_name.lower() in p.lower() for p in prompts)
 
 
-def test_prompt_ensemble_is_deterministic_and_accepts_aliases():
-    assert prompt_ensemble("CNV", "OCT") == prompt_ensemble("cnv", "OCT")
-    assert prompt_ensemble("glaucoma") == prompt_ensemble("glaucoma")
+def test_prompt_ensemble_is_the_name_then_every_expert_descriptor_of_the_modality():
+    """Three name prompts, then one prompt per knowledge-base descriptor of the modality, in the
+    dictionary's order (OCT has its own descriptors); an alias gives the same ensemble, an
+    unknown class or modality is refused."""
+    descriptors = {m: CATEGORIES["glaucoma"].descriptors_for(m) for m in ("CFP", "OCT")}
+    assert "an enlarged optic cup with a high cup-to-disc ratio" in descriptors["CFP"]
+    assert set(descriptors["CFP"]).isdisjoint(descriptors["OCT"])
+    for modality, phrase in (("CFP", "A colour fundus photograph"), ("OCT", "An optical coherence tomography scan")):
+        assert prompt_ensemble("glaucoma", modality) == [
+            "Glaucoma", f"{phrase} showing glaucoma.", f"{phrase} with signs of glaucoma.",
+            *(f"{phrase} showing {d}." for d in descriptors[modality])]
+    assert prompt_ensemble("CNV", "OCT") == prompt_ensemble("choroidal neovascularisation", "OCT")
+    with pytest.raises(UnknownCategoryError, match="glaucomma"):
+        prompt_ensemble("glaucomma")
+    with pytest.raises(ValueError, match="unknown modality 'MRI'"):
+        prompt_ensemble("glaucoma", "MRI")
 
 
 def test_prompt_ensembles_differ_between_classes():

@@ -55,12 +55,17 @@ def test_resume_is_bit_exact(tiny_model_cfg, records, tmp_path):
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
-def test_epochs_roll_over_and_positions_advance(tiny_model_cfg, records):
+def test_epochs_roll_over_and_positions_advance_and_partners_ride_along(tiny_model_cfg, records):
+    """Every phantom image has its other-modality partner of the same eye: each batch of 8 anchors
+    carries their 8 partners through the tower; without pairing, the anchors alone."""
     trainer, ds = _trainer(tiny_model_cfg, records, 100)
+    assert ds.pairing.paired == len(ds) and set(ds.pairing.by_modality) == {"CFP", "OCT"}
     per_epoch = len(ds) // 8
     stats = trainer.run(ds, per_epoch + 2, progress=False)
     assert stats.steps == per_epoch + 2 and trainer.epoch == 1 and trainer.batch_in_epoch == 2
-    assert stats.images >= 8 * stats.steps  # partners ride along
+    assert stats.anchors == stats.paired == 8 * stats.steps and stats.images == 16 * stats.steps
+    alone = trainer.run(RetinaDataset(records, 64, train=True), 1, progress=False)
+    assert (alone.images, alone.paired) == (8, 0)
 
 
 def test_time_budget_stops_early(tiny_model_cfg, records):
