@@ -67,6 +67,8 @@ def masked_mismatch(vector: list[bytes], reference: ArrayRecord, modulus: int) -
     values are masked, but its layout is not: the weight entry ``(1,)``, then one integer array
     per global weight in the global model's order and shape, every value in ``[0, modulus)``."""
     expected = [("its weight", (1,))] + [(repr(key), array_view(a).shape) for key, a in reference.items()]
+    if not vector:
+        return "no masked vector in the reply"
     if len(vector) != len(expected):
         return f"masked vector holds {len(vector) - 1} weight arrays, the global model {len(expected) - 1}"
     for raw, (name, shape) in zip(vector, expected):
