@@ -149,7 +149,7 @@ def _show_resume_point(run_dir: Path, console: Console) -> None:
     for reason in skipped:
         console.print(f"[yellow]warning: {reason}[/yellow]", highlight=False, soft_wrap=True)
     console.print(f"resuming {run_dir} after round {found[1].round}" if found else
-                  f"{run_dir} holds no complete round: the run starts at round 1", highlight=False)
+                  f"{run_dir} holds no complete round: the run starts at round 1", highlight=False, soft_wrap=True)
 
 
 def _ask_stop_or_detach(console: Console) -> bool:
