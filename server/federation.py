@@ -93,8 +93,8 @@ def round_row(record: dict, seconds: float | None) -> str:
     moved = (record["bytes_sent"] + record["bytes_received"]) / 2 ** 20
     label, sites = sites_summary(record)
     took = "–" if seconds is None else f"{seconds:.0f}"
-    fields = [f"round {record['round']}", f"{label} {sites}", *(["ACA " + aca[0], *aca[1:]] if aca else ["not evaluated"]),
-              f"{took} s", f"{moved:.0f} MiB"]
+    shown = ["ACA " + aca[0], *aca[1:]] if aca else ["not evaluated"]
+    fields = [f"round {record['round']}", f"{label} {sites}", *shown, f"{took} s", f"{moved:.0f} MiB"]
     lines = [fields[0]]
     for part in fields[1:]:
         if len(lines[-1]) + 2 + len(part) <= CONSOLE_WIDTH:

@@ -15,9 +15,9 @@ round, e.g. another model schema or app version, or a damaged privacy ledger), b
 round (stale), comes from a site that stopped at its privacy budget, or whose update does not
 fit the global model: other weight names, another shape or dtype, not plain arrays (nothing is
 ever unpickled), NaN/inf (:mod:`server.update_screen`; under SecAgg+ the masked vector's layout,
-before it is summed). If fewer than ``min_sites`` replies survive by the deadline, the round is retried; after ``round_retries``
-retries the run stops with :class:`QuorumError` and the global weights stay those of the last
-complete round.
+before it is summed). If fewer than ``min_sites`` replies survive by the deadline, the round is
+retried; after ``round_retries`` retries the run stops with :class:`QuorumError` and the global
+weights stay those of the last complete round.
 """
 
 from __future__ import annotations

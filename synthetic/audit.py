@@ -206,7 +206,8 @@ def failures(audit: dict) -> list[str]:
                           f"{audit['config']['max_near_copy_fraction']}), closer to train "
                           f"{s['closer_to_train_fraction']:.3f} (max {audit['config']['max_closer_to_train']})")
     if not audit["captions"]["passed"]:
-        failed.append(f"{len(audit['captions']['captions_with_verbatim_span'])} captions repeat a training report verbatim")
+        repeated = len(audit["captions"]["captions_with_verbatim_span"])
+        failed.append(f"{repeated} captions repeat a training report verbatim")
     return failed
 
 

@@ -4,8 +4,9 @@ With ``unit=patient`` all images of one patient at one site form a single record
 the site's manifests lists them (a patient with fundus photographs in one manifest and OCT
 volumes in another is one unit, not two): the patient is sampled or not, and the per-patient
 gradient (the sum over that patient's images) is clipped, so ε bounds what the update reveals
-about a whole patient. This needs one patient id per patient across a site's manifests. ``unit=image`` treats every image
-as its own record, which says nothing about patients with several images.
+about a whole patient. This needs one patient id per patient across a site's manifests.
+``unit=image`` treats every image as its own record, which says nothing about patients with
+several images.
 """
 
 from __future__ import annotations
