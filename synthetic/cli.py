@@ -67,7 +67,7 @@ def _train(args: argparse.Namespace) -> int:
     held = summary["holdout"]
     if held:
         console.print(f"held out for the audit: {held['patients']} patients ({held['rows']} rows), "
-                      f"listed in {Path(args.run_dir) / HOLDOUT_FILE}", highlight=False)
+                      f"listed in {Path(args.run_dir) / HOLDOUT_FILE}", highlight=False, soft_wrap=True)
     return 0
 
 
