@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler
 
 from shared_model.atomic_files import atomic_path, write_json_atomic
@@ -29,7 +29,7 @@ from shared_model.privacy.units import PoissonUnitSampler, secret_generator
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.reporting.run_report import write_run_report
 from shared_model.train.centralized import load_training_records, write_resolved_config
-from shared_model.train.trainer import resolve_device, seed_everything
+from shared_model.train.trainer import progress_columns, progress_info, resolve_device, seed_everything
 from synthetic.conditioning import Conditioning, training_mix
 from synthetic.dataset import GeneratorDataset, collate_images
 from synthetic.generator import GENERATOR_DIR, ConditionalUNet, load_generator, save_generator
@@ -138,10 +138,8 @@ class GeneratorTrainer:
         total = images = skipped = done = 0
         logged: list[tuple[int, float]] = []
         start = time.perf_counter()
-        columns = (TextColumn("[bold]generator"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                   TextColumn("{task.fields[info]}"))
-        with Progress(*columns, disable=not progress) as bar:
-            task = bar.add_task("train", total=steps, info="")
+        with Progress(*progress_columns(), disable=not progress) as bar:
+            task = bar.add_task("generator", total=steps, info="")
             for batch in self._loader():
                 if done >= steps:
                     break
@@ -150,7 +148,7 @@ class GeneratorTrainer:
                 done += 1
                 total += loss
                 images += len(batch["index"])
-                bar.update(task, advance=1, info=f"loss={loss:.4f} | {images / (time.perf_counter() - start):.1f} img/s")
+                bar.update(task, advance=1, info=progress_info({"loss": loss}, images / (time.perf_counter() - start)))
                 if self.step % self.cfg.log_every == 0 or done == steps:
                     logged.append((self.step, loss))
                     if metrics is not None:

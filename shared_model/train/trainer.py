@@ -52,10 +52,17 @@ def seed_everything(seed: int) -> None:
 SHORT_TERMS = {"image_text": "i-t", "image_image": "i-i", "mae": "mae"}  # the progress line's term labels
 
 
+def progress_columns() -> tuple:
+    """The columns of a training progress bar (the task's description, a 12-column bar, steps,
+    time, its ``info`` field), narrow enough for 80 columns with :func:`progress_info`."""
+    return (TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
+            TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
+
+
 def progress_info(terms: dict[str, float], rate: float) -> str:
-    """The progress bar's figures, short enough for 80 columns beside the bar: each loss term
-    (``i-t`` image-text, ``i-i`` cross-modality, ``mae``) and the images per second."""
-    shown = " ".join(f"{SHORT_TERMS.get(name, name)} {value:.2f}" for name, value in terms.items())
+    """The progress bar's figures: each loss term to 3 significant digits (``i-t`` image-text,
+    ``i-i`` cross-modality, ``mae``; other names as they are) and the images per second."""
+    shown = " ".join(f"{SHORT_TERMS.get(name, name)} {value:.3g}" for name, value in terms.items())
     return f"{shown}  {rate:.0f} img/s" if shown else f"{rate:.0f} img/s"
 
 
@@ -150,9 +157,7 @@ class LocalTrainer:
         skipped: dict[str, None] = {}  # distinct, in the order met: a file fails each time it is drawn
         done = images = anchors = paired = 0
         start = time.perf_counter()
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(bar_width=12), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[info]}"))
-        with Progress(*columns, disable=not progress, transient=False) as bar:
+        with Progress(*progress_columns(), disable=not progress, transient=False) as bar:
             task = bar.add_task(label, total=steps, info="")
             while done < steps and not self._out_of_time(start, max_seconds):
                 for batch in self._loader(dataset):
