@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from shared_model.train.trainer import resolve_device
+from shared_model.runtime import resolve_device
 
 
 @dataclass
@@ -91,7 +91,7 @@ def machine(dev: torch.device) -> dict:
     import flwr
     import opacus
 
-    info = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    info = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "host": platform.node(), "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
             "torch": torch.__version__, "flwr": flwr.__version__ if hasattr(flwr, "__version__") else "",

@@ -56,8 +56,8 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     from server.simulation import run_simulation
     from shared_model.eval.evaluate import evaluate_model
     from shared_model.model import build_model
+    from shared_model.runtime import resolve_device
     from shared_model.train.centralized import run_training
-    from shared_model.train.trainer import resolve_device
 
     out = (args.out / f"seed{seed}" / arm).resolve()
     cached = out / "result.json"
@@ -78,7 +78,8 @@ def run_arm(arm: str, seed: int, args: argparse.Namespace) -> dict:
     else:
         experiment, extra = FEDERATIONS[arm]
         cfg = compose_app("federation", [f"+experiment={experiment}", *common, *extra,
-                                         f"federation.rounds={args.rounds}", f"train.steps={args.site_steps // args.rounds}"])
+                                         f"federation.rounds={args.rounds}",
+                                         f"train.steps={args.site_steps // args.rounds}"])
         run_simulation(cfg)
         results = json.loads((out / "eval" / "metrics.json").read_text())
     summary = _summary(results, time.perf_counter() - start)

@@ -16,7 +16,8 @@ from shared_model.data.dataset import Batch
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.prompts import build_caption
-from shared_model.train.trainer import LocalTrainer, seed_everything
+from shared_model.runtime import seed_everything
+from shared_model.train.trainer import LocalTrainer
 
 TARGET = ">= 1.6"
 LABELS = ["normal", "glaucoma", "moderate_npdr", "amd", "dme", "pathologic_myopia"]
@@ -51,8 +52,8 @@ def measure(dev: torch.device, quick: bool) -> list[Row]:
         trainers = {mode: trainer_for(preset, [f"model.contrast_pass={mode}"], dev) for mode in ("shared", "separate")}
         size = trainers["shared"][1]
         batch = synthetic_batch(batch_size, size)
-        seconds = interleaved_seconds({mode: (lambda t=t: t.train_step(batch)) for mode, (t, _) in trainers.items()},
-                                      dev, repeats)
+        seconds = interleaved_seconds({mode: (lambda t=t, batch=batch: t.train_step(batch))
+                                       for mode, (t, _) in trainers.items()}, dev, repeats)
         shared, separate = batch_size / seconds["shared"], batch_size / seconds["separate"]
         ratio = shared / separate
         rows.append(Row("training step", f"{preset}, {size} px, batch {batch_size}", f"{shared:.1f} img/s shared",

@@ -27,7 +27,8 @@ TASKS = ("heldout/CFP", "heldout/OCT")
 
 def main() -> None:
     from shared_model.data.embedded import ensure_phantom
-    from shared_model.train.centralized import load_training_records, run_training
+    from shared_model.data.manifest import load_training_records
+    from shared_model.train.centralized import run_training
     from synthetic.audit import run_audit
     from synthetic.generator import GENERATOR_DIR, load_generator
     from synthetic.sampling import MANIFEST, sample_corpus
@@ -50,7 +51,8 @@ def main() -> None:
     app = compose_app("synth", [f"data.manifests=[{real}]", f"run_dir={gen_dir.resolve()}", f"train.seed={args.seed}",
                             f"train.steps={args.generator_steps}", "train.batch_size=16", "train.num_workers=1",
                             f"train.checkpoint_every={args.generator_steps}", "resume=true"])
-    if not (gen_dir / "train_summary.json").is_file() or json.loads((gen_dir / "train_summary.json").read_text())["step"] < args.generator_steps:
+    if (not (gen_dir / "train_summary.json").is_file()
+            or json.loads((gen_dir / "train_summary.json").read_text())["step"] < args.generator_steps):
         train_generator(app)
     corpus = args.out / "corpus"
     n_real = len(load_training_records(app.data))
@@ -87,10 +89,11 @@ def main() -> None:
              f"Generator: {args.generator_steps} steps of 16 images on {args.site}'s {n_real} training images (64 px); "
              f"corpus: {n_real} images sampled with DDIM, 25 steps, guidance 2, in the site's label/modality mix. "
              f"Audit: {'passed' if audit['passed'] else 'FAILED'} (pixel near copies "
-             f"{audit['pixel']['near_copy_fraction']:.3f}, closer to train {audit['pixel']['closer_to_train_fraction']:.3f}). "
+             f"{audit['pixel']['near_copy_fraction']:.3f}, "
+             f"closer to train {audit['pixel']['closer_to_train_fraction']:.3f}). "
              f"CLIP+MAE (tiny): {args.clip_steps} steps of 32 images on each data set, cross-modality term off in "
-             "every arm (generated images belong to no eye, so the corpus has no pairs); zero-shot on the held-out site "
-             "(chance: 1/11 = 0.091 ACA).", "",
+             "every arm (generated images belong to no eye, so the corpus has no pairs); "
+             "zero-shot on the held-out site (chance: 1/11 = 0.091 ACA).", "",
              "| pretraining data | held-out CFP zero-shot ACA | held-out OCT zero-shot ACA |", "|---|---|---|"]
     for name, res in results.items():
         lines.append(f"| {name} | " + " | ".join(f"{res[t]['aca']:.3f}" if t in res else "–" for t in TASKS) + " |")

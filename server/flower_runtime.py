@@ -4,15 +4,14 @@ with ``flwr run`` and waiting for its final status.
 
 ``flwr run`` returns once a run is submitted and its exit code does not say whether the run
 succeeded, so :func:`wait_for_run` asks the SuperLink's Control API for the run's status (the
-request ``flwr ls`` makes, from this process: a ``flwr ls`` process per poll costs about a second
-of CPU, taken from the sites' training on a small simulation machine), with a deadline, and
-raises with Flower's status details when the run failed or stopped. The same client stops a run
-(:func:`stop_run`) and lists the registered sites with their names (:func:`list_nodes`).
+request ``flwr ls`` makes, from this process: a ``flwr ls`` process per poll would start a Python
+interpreter each time, CPU taken from the sites' training on a small simulation machine), with a
+deadline, and raises with Flower's status details when the run failed or stopped. The same client
+stops a run (:func:`stop_run`) and lists the registered sites with their names (:func:`list_nodes`).
 Flower's own refusals are translated into what an operator can act on (:func:`explain_refusal`).
 """
 
 from __future__ import annotations
-
 
 import json
 import os
@@ -22,10 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import tomli_w
 
@@ -77,7 +76,8 @@ def _flwr(args: list[str], env: dict[str, str], timeout: float = 120) -> str:
     proc = subprocess.run([str(Path(sys.executable).parent / "flwr"), *args], env=env, capture_output=True,
                           text=True, timeout=timeout)
     if proc.returncode != 0:
-        raise FlowerRunError(f"flwr {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout.strip()}")
+        raise FlowerRunError(f"flwr {' '.join(args)} failed ({proc.returncode}): "
+                             f"{proc.stderr.strip() or proc.stdout.strip()}")
     return proc.stdout
 
 

@@ -22,9 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shared_model.atomic_files import write_json_atomic
-from shared_model.config import ModelConfig
-from shared_model.model.checkpoint import CONFIG, WEIGHTS, save_checkpoint, sha256_file
-from shared_model.model.retina_clip import RetinaCLIP
+from shared_model.model.checkpoint import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -54,13 +52,9 @@ def round_dir(run_dir: Path, server_round: int) -> Path:
     return run_dir / "checkpoints" / f"round_{server_round:04d}"
 
 
-def clip_writer(model: RetinaCLIP, model_cfg: ModelConfig) -> Callable[[Path, int], list[str]]:
-    """Writes the foundation model as a regular RetinaFL checkpoint (``retina-eval`` loads it)."""
-    def write(folder: Path, server_round: int) -> list[str]:
-        save_checkpoint(model, model_cfg, folder, extra={"round": server_round})
-        return [WEIGHTS, CONFIG]
-
-    return write
+def kept_rounds(run_dir: Path) -> list[Path]:
+    """The run's complete round folders, oldest first (not the ``.tmp`` one being written)."""
+    return sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9]"))
 
 
 def save_round(run_dir: Path, write_model: Callable[[Path, int], list[str]], strategy_state: dict[str, np.ndarray],
@@ -82,7 +76,7 @@ def save_round(run_dir: Path, write_model: Callable[[Path, int], list[str]], str
     if final.exists():  # a round redone after a resume replaces its earlier copy
         shutil.rmtree(final)
     os.replace(tmp, final)
-    for old in sorted(final.parent.glob("round_[0-9][0-9][0-9][0-9]"))[:-KEEP_ROUNDS]:
+    for old in kept_rounds(run_dir)[:-KEEP_ROUNDS]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
@@ -111,7 +105,7 @@ def remove_partial_rounds(run_dir: Path) -> list[Path]:
 def scan_rounds(run_dir: Path) -> tuple[tuple[Path, ServerState] | None, list[str]]:
     """The newest round checkpoint that verifies, and why each newer one was skipped."""
     skipped = []
-    for folder in sorted((run_dir / "checkpoints").glob("round_[0-9][0-9][0-9][0-9]"), reverse=True):
+    for folder in reversed(kept_rounds(run_dir)):
         try:
             return (folder, verify_round(folder)), skipped
         except RoundCheckpointError as exc:

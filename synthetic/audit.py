@@ -7,9 +7,10 @@ images, which the generator never saw — a synthetic image closer to the traini
 almost any unseen real image is a likely copy. Distance to closest record (DCR): against equal-
 size training and held-out sets, the share of synthetic images closer to training than to
 held-out must stay near one half (at most ``max_closer_to_train``). Captions may not contain a
-verbatim span of a training report (spans the public dictionary itself writes are exempt). Also measured: label fidelity (the common evaluator's zero-
-shot class is a conditioning label) and diversity (mean pairwise embedding distance, against
-real held-out images). Writes ``audit.json`` and ``closest_pairs.png`` into the corpus folder.
+verbatim span of a training report (spans the public dictionary itself writes are exempt).
+Also measured: label fidelity (the common evaluator's zero-shot class is a conditioning label)
+and diversity (mean pairwise embedding distance, against real held-out images). Writes
+``audit.json`` and ``closest_pairs.png`` into the corpus folder.
 
 Held-out images are the site's val/test rows and the patients the generator's run held out of
 training (:mod:`synthetic.holdout`). Every image is read: an unreadable synthetic image fails the
@@ -29,15 +30,14 @@ from rich.progress import track
 
 from shared_model.atomic_files import write_json_atomic
 from shared_model.config import AuditConfig, DataConfig
-from shared_model.data.manifest import ManifestIssue, Record, load_manifest
+from shared_model.data.manifest import ManifestIssue, Record, load_manifest, load_training_records
 from shared_model.data.preprocess import prepare_image
 from shared_model.data.readers import ImageReadError, read_frames, summarise_unreadable
 from shared_model.eval.evaluate import class_embeddings, embed_records
 from shared_model.eval.zero_shot import zero_shot_logits
 from shared_model.model.checkpoint import sha256_file
 from shared_model.prompts import build_caption, get_category
-from shared_model.train.centralized import load_training_records
-from shared_model.train.trainer import resolve_device
+from shared_model.runtime import resolve_device
 from synthetic.holdout import HELD_OUT_SPLITS, HOLDOUT_FILE, read_holdout, split_records
 from synthetic.sampling import MANIFEST
 

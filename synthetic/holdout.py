@@ -16,8 +16,7 @@ from pathlib import Path
 
 from shared_model.atomic_files import write_json_atomic
 from shared_model.config import DataConfig, SynthAppConfig
-from shared_model.data.manifest import ManifestError, Record
-from shared_model.train.centralized import load_training_records
+from shared_model.data.manifest import ManifestError, Record, load_training_records
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from shared_model.atomic_files import atomic_path, write_json_atomic
 from shared_model.config import SynthSampleConfig
 from shared_model.prompts import build_caption, get_category
-from shared_model.train.trainer import resolve_device
+from shared_model.runtime import resolve_device
 from synthetic.conditioning import parse_mix
 from synthetic.generator import ConditionalUNet
 from synthetic.training import noise_scheduler
@@ -65,7 +65,8 @@ def denoise(model: ConditionalUNet, condition: torch.Tensor, scheduler, steps: i
     return ((x.clamp(-1, 1) + 1) / 2).cpu()
 
 
-def draw_conditions(n: int, label_mix: dict, modality_mix: dict[str, float], seed: int) -> list[tuple[tuple[str, ...], str]]:
+def draw_conditions(n: int, label_mix: dict, modality_mix: dict[str, float],
+                    seed: int) -> list[tuple[tuple[str, ...], str]]:
     """``n`` (label set, modality) pairs with the requested shares: exact counts (largest
     remainders), in a seeded random order."""
     def counts(mix: dict) -> list:
@@ -85,7 +86,8 @@ def draw_conditions(n: int, label_mix: dict, modality_mix: dict[str, float], see
 def resolve_mixes(cfg: SynthSampleConfig, meta: dict) -> tuple[dict, dict[str, float]]:
     """Label-set and modality mixes: the user's, or the generator's training frequencies."""
     if not (cfg.labels and cfg.modalities) and "label_mix" not in meta["extra"]:
-        raise ValueError("this generator was trained federated and keeps no training mix: give --labels and --modalities")
+        raise ValueError("this generator was trained federated and keeps no training mix: "
+                         "give --labels and --modalities")
     if cfg.labels:
         label_mix = {(get_category(name).key,): share for name, share in parse_mix(cfg.labels, "--labels").items()}
     else:

@@ -3,9 +3,9 @@
 The loader only draws each sample's parameters (:func:`draw_params`, from the sample's own
 ``torch.Generator``, so a resumed run or a different number of loader workers sees the same
 images); :func:`augment_batch` then applies them to the stacked batch with a handful of
-vectorised tensor operations on the training device. Per-image torchvision transforms cost about
-2 ms an image on a CPU core, more than the tiny model's forward and backward pass; the batched
-form costs a few percent of it and runs on the GPU when there is one.
+vectorised tensor operations on the training device. Per-image torchvision transforms cost more
+than the tiny model's forward and backward pass on a CPU; the batched form costs a small fraction
+of that and runs on the GPU when there is one.
 
 Geometry is mild on purpose (lesions are small, so crops keep >= 80 % of the area); photometric
 changes are strong (per-channel gain, gamma, uneven illumination, blur) because sites differ most

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from shared_model.config import DataConfig
 from shared_model.data.readers import ImageReadError, read_frames
 from shared_model.prompts.captions import KNOWN_MODALITIES
 from shared_model.prompts.knowledge import UnknownCategoryError, normalise_label
@@ -199,7 +200,8 @@ def validate_table(table: pd.DataFrame, path: Path, root: Path, strict: bool = T
         record, row_issues = _check_row(values, i, root, source)
         image = values["image"].strip()
         if image and image in first_row:
-            row_issues.append(ManifestIssue(source, i, "image", f"duplicate path {image!r} (first at row {first_row[image]})",
+            row_issues.append(ManifestIssue(source, i, "image",
+                                            f"duplicate path {image!r} (first at row {first_row[image]})",
                                             "duplicate path"))
             record = None
         first_row.setdefault(image, i)
@@ -246,3 +248,13 @@ def expand_manifest_paths(patterns: list[str]) -> list[Path]:
         else:
             paths.append(Path(pattern))
     return paths
+
+
+def load_training_records(cfg: DataConfig) -> list[Record]:
+    """Records of ``cfg.split`` from every manifest (globs expanded, validated)."""
+    records: list[Record] = []
+    for path in expand_manifest_paths(cfg.manifests):
+        records.extend(load_manifest(path, strict=cfg.strict).select(cfg.split))
+    if not records:
+        raise ValueError(f"no '{cfg.split}' rows in data.manifests={cfg.manifests}")
+    return records

@@ -34,7 +34,7 @@ from shared_model.model.checkpoint import load_checkpoint
 from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.model.slice_pooling import slice_positions
 from shared_model.prompts import DR_GRADES, prompt_ensemble
-from shared_model.train.trainer import resolve_device
+from shared_model.runtime import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +195,8 @@ def _evaluate_task(model: RetinaCLIP, cfg: EvalConfig, set_cfg: EvalSetConfig, n
     else:
         ordinal = set(classes) <= set(DR_GRADES) and len(classes) > 2
         if cfg.zero_shot:
-            logits = zero_shot_logits(emb, class_embeddings(model, classes, modality), float(model.logit_scale().detach()))
+            logits = zero_shot_logits(emb, class_embeddings(model, classes, modality),
+                                      float(model.logit_scale().detach()))
             results["zero_shot"][name] = classification_metrics(y, logits, classes, ordinal=ordinal)
         counts = np.bincount(y, minlength=len(classes))
         present = counts[counts > 0]

@@ -195,7 +195,8 @@ def write_report(results: dict, out_dir: Path, title: str) -> list[Path]:
             if "confusion_matrix" not in entry:
                 continue
             path = out_dir / f"confusion_{section}_{_slug(dataset)}.png"
-            write_bytes_atomic(path, _confusion_png(entry["confusion_matrix"], entry["class_names"], f"{label}: {dataset}"))
+            write_bytes_atomic(path, _confusion_png(entry["confusion_matrix"], entry["class_names"],
+                                                    f"{label}: {dataset}"))
             images.append(path)
     written.extend(images)
 

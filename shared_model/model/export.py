@@ -1,8 +1,12 @@
-"""Export a run folder's model as a checkpoint that stands alone: ``model.safetensors`` +
-``config.json`` (what ``retina-eval`` loads) + ``MODEL_CARD.md`` (provenance, privacy,
-last evaluation, weights hash) + the run's ``privacy.md``. Nothing of the training state goes
-with it: no optimizer or server-side strategy moments, no round history, no site paths.
-Anyone holding the folder can evaluate the model without having run, or seen, the federation."""
+"""Export a model checkpoint so that it stands alone: ``model.safetensors`` + ``config.json``
+(what ``retina-eval`` loads) + ``MODEL_CARD.md`` (provenance, privacy, last evaluation, weights
+hash) + the run's ``privacy.md``. Nothing of the training state goes with it: no optimizer or
+server-side strategy moments, no round history, no site paths. Anyone holding the folder can
+evaluate the model without having run, or seen, its training.
+
+:func:`export_model` exports a ``retina-train`` run; a federated run's round is exported by the
+coordinator (``server.model_export``) through :func:`check_model_checkpoint`, :func:`model_card`
+and :func:`write_export`, with the training and privacy lines only it can state."""
 
 from __future__ import annotations
 
@@ -10,56 +14,25 @@ import json
 import shutil
 from pathlib import Path
 
-import yaml
-
 from shared_model.atomic_files import write_text_atomic
 from shared_model.model.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config, sha256_file
 from shared_model.model.state_dicts import CheckpointError
 
 CARD = "MODEL_CARD.md"
-ROUND_PREFIX = "round_"
 
 
-def find_checkpoint(run_dir: Path, round_number: int | None = None) -> Path:
-    """The model checkpoint of a run folder: a federated run's round (the last by default) or a
-    centralized run's ``checkpoint/``."""
-    rounds = sorted((run_dir / "checkpoints").glob(f"{ROUND_PREFIX}[0-9]*"))
-    if rounds:
-        if round_number is None:
-            return rounds[-1]
-        wanted = run_dir / "checkpoints" / f"{ROUND_PREFIX}{round_number:04d}"
-        if wanted not in rounds:
-            kept = ", ".join(str(int(p.name[len(ROUND_PREFIX):])) for p in rounds)
-            raise FileNotFoundError(f"{run_dir}: round {round_number} is not kept (kept rounds: {kept})")
-        return wanted
-    if round_number is not None:
-        raise FileNotFoundError(f"{run_dir}: --round applies to federated run folders (checkpoints/round_NNNN)")
-    if (run_dir / "checkpoint" / CONFIG).is_file():
-        return run_dir / "checkpoint"
-    raise FileNotFoundError(f"{run_dir}: no checkpoint/ or checkpoints/round_NNNN/ — not a RetinaFL run folder")
-
-
-def _privacy_lines(checkpoint: Path, meta: dict) -> list[str]:
-    state_path = checkpoint / "server_state.json"
-    if state_path.is_file():  # federated: the worst site's DP-SGD record, the coordinator's central ε
-        privacy = json.loads(state_path.read_text())["privacy"]
-        lines = [f"- site-level DP-SGD: {privacy['mode']}"]
-        last = privacy["rounds"][-1]["sites"] if privacy["rounds"] else {}
-        spent = [s for s in last.values() if "epsilon" in s]
-        if spent:
-            worst = max(spent, key=lambda s: s["epsilon"])
-            lines.append(f"- worst site: ε = {worst['epsilon']:.3f} at δ = {worst['delta']:.3g} per {worst['unit']} "
-                         f"({worst['accountant']} accountant, {len(spent)} sites with DP records)")
-        central = privacy["central"]
-        lines.append(f"- client-level DP at the coordinator: {central['mode']}"
-                     + (f", ε = {central['epsilon']:.3f} at δ = {central['delta']:.3g}" if "epsilon" in central else ""))
-        lines.append(f"- secure aggregation: {'SecAgg+' if privacy['secagg'] else 'off'}; transport: {privacy['transport']}")
-        return lines
-    record = meta.get("extra", {}).get("privacy")
-    if record:
-        return [f"- DP-SGD: ε = {record['epsilon']:.3f} at δ = {record['delta']:.3g} per {record['unit']} "
-                f"({record['accountant']} accountant)"]
-    return ["- none: trained without differential privacy"]
+def check_model_checkpoint(checkpoint: Path) -> tuple[dict, str]:
+    """The checkpoint's ``config.json`` and its weights' SHA-256, checked against the recorded one.
+    A generator checkpoint is refused: it is sampled with ``retina-synth sample``, not evaluated."""
+    if (checkpoint / "generator.json").is_file() or not (checkpoint / CONFIG).is_file():
+        raise CheckpointError(f"{checkpoint}: not a RetinaFL model checkpoint (a generator? sample it with "
+                              "retina-synth sample instead)")
+    read_checkpoint_config(checkpoint)  # the architecture parses
+    meta = json.loads((checkpoint / CONFIG).read_text())
+    digest = sha256_file(checkpoint / WEIGHTS)
+    if digest != meta.get("weights_sha256"):
+        raise CheckpointError(f"{checkpoint / WEIGHTS}: SHA-256 differs from {checkpoint / CONFIG} — damaged copy")
+    return meta, digest
 
 
 def _evaluation_lines(run_dir: Path) -> list[str]:
@@ -77,17 +50,10 @@ def _evaluation_lines(run_dir: Path) -> list[str]:
     return lines + ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def model_card(run_dir: Path, checkpoint: Path, meta: dict, digest: str) -> str:
-    """The Markdown card of an exported model."""
-    config = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
+def model_card(run_dir: Path, checkpoint: Path, meta: dict, digest: str, trained: str, privacy: list[str]) -> str:
+    """The Markdown card of an exported model: ``trained`` says how it was trained (one line),
+    ``privacy`` what protected its training data (Markdown bullets)."""
     model = meta["model"]
-    extra = meta.get("extra", {})
-    if "federation" in config:
-        rounds = extra.get("round")
-        trained = (f"federated, {rounds} round{'' if rounds == 1 else 's'} of {config['strategy']['name']} "
-                   f"({config['federation']['min_sites']}+ sites per round, {config['train']['steps']} local steps)")
-    else:
-        trained = f"centralized, {extra.get('step')} steps"
     image = model["image"]
     return "\n".join([
         f"# RetinaFL model: {model['name']}", "",
@@ -99,27 +65,16 @@ def model_card(run_dir: Path, checkpoint: Path, meta: dict, digest: str) -> str:
         f"- retinafl {meta['retinafl_version']}, torch {meta['torch_version']}",
         f"- `{WEIGHTS}` SHA-256: `{digest}`", "",
         "## Training", "", f"- {trained}", f"- exported from `{checkpoint.name}` of run `{run_dir.name}`", "",
-        "## Privacy", "", *_privacy_lines(checkpoint, meta), "",
+        "## Privacy", "", *privacy, "",
         "## Evaluation", "", *_evaluation_lines(run_dir), "",
         "## Use", "",
         "```", "retina-eval checkpoint=THIS_FOLDER eval=real out_dir=my-eval   # or eval.sets=[...] on your manifests",
         "```", ""])
 
 
-def export_model(run_dir: str | Path, out: str | Path, round_number: int | None = None) -> Path:
-    """Copy the run's model (weights checked against their recorded hash) into the empty folder
-    ``out`` with its card; returns ``out``. A generator checkpoint is refused: it is sampled with
-    ``retina-synth sample``, not evaluated."""
-    run_dir, out = Path(run_dir), Path(out)
-    checkpoint = find_checkpoint(run_dir, round_number)
-    if (checkpoint / "generator.json").is_file() or not (checkpoint / CONFIG).is_file():
-        raise CheckpointError(f"{checkpoint}: not a RetinaFL model checkpoint (a generator? sample it with "
-                              "retina-synth sample instead)")
-    read_checkpoint_config(checkpoint)  # the architecture parses
-    meta = json.loads((checkpoint / CONFIG).read_text())
-    digest = sha256_file(checkpoint / WEIGHTS)
-    if digest != meta.get("weights_sha256"):
-        raise CheckpointError(f"{checkpoint / WEIGHTS}: SHA-256 differs from {checkpoint / CONFIG} — damaged copy")
+def write_export(run_dir: Path, checkpoint: Path, out: Path, card: str) -> Path:
+    """Copy the checked checkpoint's weights and config, the run's ``privacy.md`` and ``card`` into
+    ``out``, a new or empty folder; returns ``out``."""
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} is not empty: export into a new folder")
     out.mkdir(parents=True, exist_ok=True)
@@ -127,5 +82,21 @@ def export_model(run_dir: str | Path, out: str | Path, round_number: int | None 
         shutil.copy2(checkpoint / name, out / name)
     if (run_dir / "privacy.md").is_file():
         shutil.copy2(run_dir / "privacy.md", out / "privacy.md")
-    write_text_atomic(out / CARD, model_card(run_dir, checkpoint, meta, digest))
+    write_text_atomic(out / CARD, card)
     return out
+
+
+def export_model(run_dir: str | Path, out: str | Path) -> Path:
+    """Export a centralized run's model (``retina-train``: its ``checkpoint/``, weights checked
+    against their recorded hash) into the new folder ``out`` with its card; returns ``out``."""
+    run_dir, out = Path(run_dir), Path(out)
+    checkpoint = run_dir / "checkpoint"
+    if not (checkpoint / CONFIG).is_file():
+        raise FileNotFoundError(f"{run_dir}: no checkpoint/ and no kept rounds — not a RetinaFL run folder")
+    meta, digest = check_model_checkpoint(checkpoint)
+    extra = meta.get("extra", {})
+    record = extra.get("privacy")
+    privacy = ([f"- DP-SGD: ε = {record['epsilon']:.3f} at δ = {record['delta']:.3g} per {record['unit']} "
+                f"({record['accountant']} accountant)"] if record else ["- none: trained without differential privacy"])
+    card = model_card(run_dir, checkpoint, meta, digest, f"centralized, {extra.get('step')} steps", privacy)
+    return write_export(run_dir, checkpoint, out, card)

@@ -1,5 +1,5 @@
 """The local trainer: one loop for centralized runs and for federated sites."""
 
-from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
+from shared_model.train.trainer import LocalTrainer, TrainStats
 
-__all__ = ["LocalTrainer", "TrainStats", "resolve_device", "seed_everything"]
+__all__ = ["LocalTrainer", "TrainStats"]

@@ -11,38 +11,29 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
-from shared_model.config import DataConfig, TrainAppConfig
+from shared_model.atomic_files import write_json_atomic
+from shared_model.config import TrainAppConfig
 from shared_model.data.dataset import RetinaDataset
 from shared_model.data.embedded import ensure_phantom
-from shared_model.data.manifest import Record, expand_manifest_paths, load_manifest
+from shared_model.data.manifest import Record, load_training_records
 from shared_model.data.readers import summarise_unreadable
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.eval.report import write_report
 from shared_model.losses import EyeCLIPObjective
 from shared_model.losses.objective import term_status
 from shared_model.model import build_model
-from shared_model.atomic_files import write_json_atomic
 from shared_model.model.checkpoint import load_weights, save_checkpoint, weights_nbytes
 from shared_model.privacy.plan import resolve_privacy
 from shared_model.privacy.session import DPSession
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.reporting.run_report import write_run_report
 from shared_model.run_folder import check_run_folder
-from shared_model.train.trainer import LocalTrainer, TrainStats, resolve_device, seed_everything
+from shared_model.runtime import resolve_device, seed_everything
+from shared_model.train.trainer import LocalTrainer, TrainStats
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = "checkpoint"
-
-
-def load_training_records(cfg: DataConfig) -> list[Record]:
-    """Records of ``cfg.split`` from every manifest (globs expanded, validated)."""
-    records: list[Record] = []
-    for path in expand_manifest_paths(cfg.manifests):
-        records.extend(load_manifest(path, strict=cfg.strict).select(cfg.split))
-    if not records:
-        raise ValueError(f"no '{cfg.split}' rows in data.manifests={cfg.manifests}")
-    return records
 
 
 def objective_terms(cfg: TrainAppConfig) -> dict[str, str]:
@@ -138,6 +129,7 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
         trainer.save_state(ckpt)
         if chunks[-1].steps < chunk:  # time budget reached
             break
+    trainer.close()
     metrics.close()
     stats = TrainStats.merge(chunks)
     if stats.skipped:

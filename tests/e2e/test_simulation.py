@@ -15,10 +15,10 @@ import torch
 from safetensors.torch import load_file
 
 from server.flower_runtime import local_superlink_pids
+from shared_model.conf import compose_app
 from shared_model.model import build_model
 from shared_model.model.exchange import exchanged_state_dict
-from shared_model.train.trainer import seed_everything
-from shared_model.conf import compose_app
+from shared_model.runtime import seed_everything
 from tests.fixtures import processes
 
 BIN = Path(sys.executable).parent

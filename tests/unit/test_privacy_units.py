@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from shared_model.config import DataConfig
+from shared_model.data.manifest import load_training_records
 from shared_model.privacy.units import unit_ids
-from shared_model.train.centralized import load_training_records
 
 
 def _manifest(path: Path, modality: str, patients: list[str]) -> Path:

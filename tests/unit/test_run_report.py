@@ -23,7 +23,8 @@ def test_federated_report_has_every_section_and_no_outside_reference(tmp_path):
                  "confusion-heldout/CFP", "samples-corpus"):
         assert f'id="{plot}"' in page, plot
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    assert "site_2: did not reply" in page and "evaluation skipped: only 1 site connected" in page and "Memorisation audit" in page and "rounds done / planned" in page
+    assert ("site_2: did not reply" in page and "evaluation skipped: only 1 site connected" in page
+            and "Memorisation audit" in page and "rounds done / planned" in page)
     # Every src/href is inline data; http(s) appears only as SVG/XML namespace names.
     refs = re.findall(r'(?:src|href)\s*=\s*["\']([^"\']*)', page)
     assert refs and all(ref.startswith("data:") or ref.startswith("#") for ref in refs), refs
@@ -33,7 +34,8 @@ def test_federated_report_has_every_section_and_no_outside_reference(tmp_path):
 def test_report_before_any_round_and_without_losses(tmp_path):
     run = make_run_folder(tmp_path, rounds=0, corpus_images=0)
     assert "No round has completed yet" in build_report(run)
-    dp_only = [json.loads(line) for line in (make_run_folder(tmp_path / "b") / "metrics.jsonl").read_text().splitlines()]
+    dp_only = [json.loads(line)
+               for line in (make_run_folder(tmp_path / "b") / "metrics.jsonl").read_text().splitlines()]
     for record in dp_only:
         for site in record["sites"].values():
             for key in [k for k in site if k.startswith("loss")]:
@@ -82,29 +84,41 @@ def test_tensorboard_mirrors_the_jsonl_numbers(tmp_path):
 
 
 def test_export_checks_the_weights_and_refuses_a_full_folder(tmp_path):
+    from server.model_export import export_run
+    from server.round_checkpoint import ServerState, save_round
     from shared_model.config import ModelConfig
     from shared_model.model import build_model
-    from shared_model.model.checkpoint import load_checkpoint, save_checkpoint
-    from shared_model.model.export import export_model
+    from shared_model.model.checkpoint import CONFIG, WEIGHTS, load_checkpoint, save_checkpoint
     from shared_model.model.state_dicts import CheckpointError
 
     run = make_run_folder(tmp_path)
     cfg = ModelConfig()
+    site = {"mode": "dp-sgd", "epsilon": 4.5, "delta": 1e-5, "unit": "patient", "accountant": "prv"}
+    privacy = {"mode": "dp-sgd", "unit": "patient", "secagg": False, "transport": "TLS",
+               "central": {"mode": "none"}, "rounds": [{"round": 3, "sites": {"site_0": site, "site_1": {}}}]}
+
+    def write(folder, server_round):
+        save_checkpoint(build_model(cfg), cfg, folder, extra={"round": server_round})
+        return [WEIGHTS, CONFIG]
+
     for k in (2, 3):
-        save_checkpoint(build_model(cfg), cfg, run / "checkpoints" / f"round_{k:04d}", extra={"round": k})
-    out = export_model(run, tmp_path / "export")
+        save_round(run, write, {}, ServerState(k, strategy="fedavg", privacy=privacy))
+    out = export_run(run, tmp_path / "export")
     assert sorted(p.name for p in out.iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors", "privacy.md"]
     card = (out / "MODEL_CARD.md").read_text()
-    assert "federated, 3 rounds of fedavg" in card and "| zero-shot | heldout/CFP |" in card
+    assert "federated, 3 rounds of fedavg (2+ sites per round, 2 local steps)" in card
+    assert "| zero-shot | heldout/CFP |" in card
+    assert "- worst site: ε = 4.500 at δ = 1e-05 per patient (prv accountant, 1 sites with DP records)" in card
+    assert "- secure aggregation: off; transport: TLS" in card
     load_checkpoint(out)
     with pytest.raises(FileExistsError, match="not empty"):
-        export_model(run, out)
+        export_run(run, out)
     with pytest.raises(FileNotFoundError, match="round 1 is not kept"):
-        export_model(run, tmp_path / "other", round_number=1)
+        export_run(run, tmp_path / "other", round_number=1)
     damaged = run / "checkpoints" / "round_0002" / "model.safetensors"
     damaged.write_bytes(damaged.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(CheckpointError, match="SHA-256 differs"):
-        export_model(run, tmp_path / "third", round_number=2)
+        export_run(run, tmp_path / "third", round_number=2)
     assert not (tmp_path / "third").exists()
     shutil.rmtree(run)
     assert load_checkpoint(out)[1].name == cfg.name  # the export stands alone

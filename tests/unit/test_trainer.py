@@ -11,7 +11,8 @@ from shared_model.data.dataset import RetinaDataset
 from shared_model.data.manifest import load_manifest
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
-from shared_model.train import LocalTrainer, seed_everything
+from shared_model.runtime import seed_everything
+from shared_model.train import LocalTrainer
 from shared_model.train.trainer import TrainStats
 
 
@@ -78,7 +79,8 @@ def test_objective_flags_coupled_terms_for_dp(tiny_model_cfg):
     model = build_model(tiny_model_cfg)
     assert not EyeCLIPObjective(LossConfig()).per_example_decomposable(model)
     assert EyeCLIPObjective(LossConfig(image_text=0, image_image=0)).per_example_decomposable(model)
-    no_mae = build_model(dataclasses.replace(tiny_model_cfg, mae=dataclasses.replace(tiny_model_cfg.mae, enabled=False)))
+    no_mae = build_model(dataclasses.replace(tiny_model_cfg,
+                                             mae=dataclasses.replace(tiny_model_cfg.mae, enabled=False)))
     assert EyeCLIPObjective(LossConfig(image_text=0, image_image=0)).active_terms(no_mae) == []
 
 

@@ -311,15 +311,14 @@ def _marker(spec: PhantomSpec, plans: list[SitePlan], status: str) -> str:
 def _progress(enabled: bool):
     if not enabled:
         return contextlib.nullcontext(None)
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                               TimeRemainingColumn)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     return Progress(TextColumn("[bold]phantom[/] {task.description}"), BarColumn(),
                     MofNCompleteColumn(), TimeRemainingColumn())
 
 
 def _save_tiff(path: Path, volume: np.ndarray) -> None:
-    # Uncompressed: speckle barely compresses (deflate saves ~10% and takes twice as long).
+    # Uncompressed: speckle barely compresses (deflate saves little space and is slower).
     pages = [Image.fromarray(scan) for scan in volume]
     pages[0].save(path, format="TIFF", save_all=True, append_images=pages[1:], compression="raw")
 
@@ -379,7 +378,7 @@ def render_site(spec: PhantomSpec, plan: SitePlan, site_dir: Path, advance=None)
         for modality, render, rng in renders:
             pixels, findings = render(rng, eye.labels, eye.eye, spec.image_size, plan.domain)
             relative = f"images/{stem}_{modality}.png"
-            # Level 3: noisy images compress barely better at 6, which takes 3x longer.
+            # Level 3: noisy images compress barely better at 6, which is much slower.
             Image.fromarray(pixels).save(site_dir / relative, format="PNG", compress_level=3)
             rows.append({"image": relative, "modality": modality,
                          "report": build_report(findings, report_rng), **common})

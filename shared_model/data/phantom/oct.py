@@ -16,6 +16,7 @@ drawn afresh per slice.
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import ndimage
@@ -95,6 +96,225 @@ def slice_offsets(n_slices: int) -> np.ndarray:
     return np.linspace(-1.0, 1.0, n_slices)
 
 
+@dataclass
+class _Scan:
+    """A B-scan being drawn: its random stream, raster grid and fovea, and the findings so far."""
+
+    rng: np.random.Generator
+    labels: tuple[str, ...]
+    presence: Presence
+    offset: float  # vertical position in a volume, 0 through the fovea
+    height: int
+    width: int
+    uc: float  # the fovea, a fraction of the width
+    lesions: list[Lesion] = field(default_factory=list)
+    signs: list[str] = field(default_factory=list)
+    grade: str | None = field(init=False)  # the DR grade among the labels
+    u: np.ndarray = field(init=False)  # A-scan centres [W], fractions of the width
+    yy: np.ndarray = field(init=False)  # pixel centres [H, W]
+    xx: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grade = next((label for label in self.labels if label in DR_RETINOPATHY_GRADES), None)
+        self.u = (np.arange(self.width, dtype=np.float32) + 0.5) / self.width
+        self.yy, self.xx = np.mgrid[0:self.height, 0:self.width].astype(np.float32) + 0.5
+
+    def region(self, x: float) -> str:
+        """"central" within 0.1 scan widths of the fovea, else "parafoveal"."""
+        off_centre = math.hypot(x - self.uc, _RASTER_HALF_HEIGHT * self.offset)
+        return "central" if off_centre < 0.1 else "parafoveal"
+
+
+def _thickness_profiles(scan: _Scan, nasal: float) -> tuple[dict[str, np.ndarray], float, float, float]:
+    """Each band's thickness along the scan (fractions of the height, before
+    ``_THICKNESS_SCALE``) and the eye's curvature, depth of Bruch's membrane and choroid
+    thickness: the foveal pit, glaucomatous thinning, a myopic staphyloma, then the lesions'
+    profiles (:func:`_add_lesion_profiles`)."""
+    rng, labels, u, uc = scan.rng, scan.labels, scan.u, scan.uc
+    pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2) * math.exp(
+        -(scan.offset / _PIT_FADE) ** 2)
+    towards_disc = 1.0 / (1.0 + np.exp(-nasal * (u - uc) / 0.08))
+    inner = 1.0
+    if "glaucoma" in labels:
+        inner = rng.uniform(0.35, 0.5)
+        scan.signs.append("rnfl_thinning")
+    thick = {
+        "rnfl": (0.006 + 0.022 * towards_disc) * (1.0 - pit) * inner,
+        "gcl": 0.026 * (1.0 - 0.95 * pit) * inner,
+        "ipl": 0.020 * (1.0 - 0.9 * pit),
+        "inl": 0.020 * (1.0 - 0.85 * pit),
+        "opl": 0.012 * (1.0 - 0.6 * pit),
+        "onl": 0.038 + 0.03 * pit,
+        "ez": np.full_like(u, 0.008),
+        "iz": np.full_like(u, 0.007),
+        "srf": np.zeros_like(u),
+        "rpe": np.full_like(u, 0.016),
+        "drusen": np.zeros_like(u),
+    }
+    curvature, depth, choroid = 0.15, rng.uniform(0.56, 0.62), rng.uniform(0.085, 0.11)
+    if "pathologic_myopia" in labels:
+        curvature, depth, choroid = rng.uniform(0.8, 1.0), rng.uniform(0.64, 0.68), 0.035
+        for band in ("rnfl", "gcl", "ipl", "inl", "onl"):
+            thick[band] = thick[band] * 0.85
+        scan.signs += ["posterior_staphyloma", "thin_choroid"]
+    _add_lesion_profiles(scan, thick, pit, depth)
+    return thick, curvature, depth, choroid
+
+
+def _add_lesion_profiles(scan: _Scan, thick: dict[str, np.ndarray], pit: np.ndarray, depth: float) -> None:
+    """Add DME swelling, drusen under the RPE, subretinal fluid and nerve fibre swelling to ``thick``."""
+    rng, labels, presence, u, uc = scan.rng, scan.labels, scan.presence, scan.u, scan.uc
+    if "dme" in labels:
+        swelling = np.exp(-((u - uc) / rng.uniform(0.12, 0.16)) ** 2)
+        thick["onl"] = 0.038 + 0.03 * pit * 0.25 + rng.uniform(0.06, 0.09) * swelling
+        thick["inl"] = thick["inl"] + 0.02 * swelling
+        scan.signs += ["retinal_thickening", "intraretinal_fluid"]
+    if "amd" in labels:
+        n = int(rng.integers(3, 9))
+        h = np.maximum(rng.uniform(0.015, 0.035, n) * scan.height, 1.6) / scan.height
+        centres = uc + rng.uniform(-0.28, 0.28, n)
+        spread = rng.uniform(0.012, 0.03, n)
+        shown = presence("drusen", n)
+        drawn = shown > 0
+        thick["drusen"] = _bumps(u, centres[drawn], (h * shown)[drawn], spread[drawn])
+        scan.lesions.extend(Lesion("drusen", float(c), float(depth * scan.height / scan.width), float(w),
+                                   scan.region(c)) for c, w in zip(centres[drawn], spread[drawn]))
+        if drawn.any():
+            scan.signs.append("drusen")
+    if (scan.grade == "pdr" or "dme" in labels) and rng.uniform() < 0.3:
+        h = max(rng.uniform(0.02, 0.045) * scan.height, 1.5) / scan.height
+        centre, spread = uc + rng.uniform(-0.05, 0.05), rng.uniform(0.06, 0.1)
+        shown = float(presence("subretinal_fluid", 1)[0])
+        if shown > 0:
+            thick["srf"] = h * shown * np.exp(-((u - centre) / spread) ** 2)
+            scan.signs.append("subretinal_fluid")
+    if "hypertensive_retinopathy" in labels and rng.uniform() < 0.6:
+        uh = uc + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.35)
+        shown = float(presence("rnfl_swelling", 1)[0])
+        if shown > 0:
+            thick["rnfl"] = thick["rnfl"] + 0.02 * shown * np.exp(-((u - uh) / 0.04) ** 2)
+            scan.signs.append("rnfl_swelling")
+
+
+def _boundaries(scan: _Scan, thick: dict[str, np.ndarray], curvature: float, depth: float, choroid: float,
+                tilt: float) -> tuple[np.ndarray, np.ndarray]:
+    """Bruch's membrane [W] and the band boundaries [len(_BANDS) - 1, W] stacked up from it, in
+    pixel rows: the ILM first, then each band's bottom edge, Bruch's membrane, the choroid's bottom."""
+    u, height = scan.u, scan.height
+    bruch = (depth - curvature * (u - scan.uc) ** 2 + tilt * (u - 0.5)) * height
+    stack = ("drusen", "rpe", "srf", "iz", "ez", "onl", "opl", "inl", "ipl", "gcl", "rnfl")
+    # Top edge of each band in `stack` order.
+    tops = bruch - np.cumsum([thick[b] * _THICKNESS_SCALE * height for b in stack], axis=0)
+    return bruch, np.concatenate([tops[::-1], bruch[None], (bruch + choroid * height)[None]])
+
+
+def _reflectivity(scan: _Scan, bruch: np.ndarray, boundaries: np.ndarray, choroid: float) -> np.ndarray:
+    """The layered image [H, W] before lesions: each band's reflectivity at its exact pixel
+    coverage, and a choroid of dark vessel lumens fading with depth."""
+    yy, height = scan.yy, scan.height
+    cover = np.clip(yy[None] - boundaries[:, None, :] + 0.5, 0.0, 1.0)  # [B, H, W]
+    img = _REFLECTIVITY[0] + np.tensordot(np.diff(_REFLECTIVITY), cover, axes=1)
+    below = np.clip(yy - bruch[None] + 0.5, 0.0, 1.0)
+    lumens = smooth_noise(scan.rng, height, scan.width, 30, 14)  # choroidal vessels: dark lumens
+    texture = np.clip(0.8 + 0.4 * lumens, 0.2, 1.3) * np.exp(
+        -np.maximum(yy - bruch[None], 0.0) / (0.9 * choroid * height))
+    return img * (1.0 - below + below * texture)
+
+
+def _add_foci(scan: _Scan, img: np.ndarray, boundaries: np.ndarray, count: int) -> None:
+    """Draw ``count`` hyperreflective foci in the inner retina (IPL top .. ONL top), in place."""
+    if count <= 0:
+        return
+    rng, width = scan.rng, scan.width
+    fu = scan.uc + rng.uniform(-0.3, 0.3, count)
+    cols = np.clip((fu * width).astype(int), 0, width - 1)
+    top, bottom = boundaries[3, cols], boundaries[6, cols]  # IPL top .. ONL top
+    fy = top + rng.uniform(0.0, 1.0, count) * (bottom - top)
+    r = np.full(count, max(0.005 * width, 0.7))
+    shown = scan.presence("hyperreflective_focus", count)
+    drawn = shown > 0
+    fu, fy, r, shown = fu[drawn], fy[drawn], r[drawn], shown[drawn]
+    img[...] = np.maximum(img, 0.85 * _soft_ellipses(scan.xx, scan.yy, fu * width, fy, r, r, shown))
+    scan.lesions.extend(Lesion("hyperreflective_focus", float(a), float(b) / width,
+                               float(c) / width, scan.region(a)) for a, b, c in zip(fu, fy, r))
+    if drawn.any():
+        scan.signs.append("hyperreflective_foci")
+
+
+def _add_cysts(scan: _Scan, img: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
+    """Dark intraretinal cysts of DME in the nuclear layers (INL top .. ONL bottom)."""
+    rng, width = scan.rng, scan.width
+    n = int(rng.integers(3, 8))
+    cu = scan.uc + rng.uniform(-0.15, 0.15, n)
+    cols = np.clip((cu * width).astype(int), 0, width - 1)
+    top, bottom = boundaries[4, cols], boundaries[7, cols]  # INL top .. ONL bottom
+    ry = np.maximum((bottom - top) * rng.uniform(0.25, 0.45, n), 0.9)
+    cy = top + ry + rng.uniform(0.0, 1.0, n) * np.maximum(bottom - top - 2 * ry, 0.0)
+    rx = np.maximum(rng.uniform(0.03, 0.06, n) * width, 1.0)
+    shown = scan.presence("intraretinal_cyst", n)
+    drawn = shown > 0
+    # Size and darkness both shrink towards the edge of a cyst's vertical extent.
+    cu, cy, shown = cu[drawn], cy[drawn], shown[drawn]
+    rx, ry = rx[drawn] * shown, ry[drawn] * shown
+    cysts = _soft_ellipses(scan.xx, scan.yy, cu * width, cy, rx, ry, shown)
+    scan.lesions.extend(Lesion("intraretinal_cyst", float(a), float(b) / width, float(c) / width,
+                               scan.region(a)) for a, b, c in zip(cu, cy, rx))
+    return img * (1.0 - cysts) + 0.03 * cysts
+
+
+def _add_membrane(scan: _Scan, img: np.ndarray, ilm: np.ndarray) -> np.ndarray:
+    """A PDR fibrovascular membrane on the retinal surface, attached at both ends (sometimes)."""
+    rng, u, height = scan.rng, scan.u, scan.height
+    if rng.uniform() >= 0.7:
+        return img
+    u0 = rng.uniform(0.1, 0.45)
+    u1 = u0 + rng.uniform(0.25, 0.45)
+    span = (u > u0) & (u < u1)
+    arch = np.sin(np.pi * np.clip((u - u0) / (u1 - u0), 0.0, 1.0))
+    lift = rng.uniform(0.03, 0.06) * height * arch
+    shown = float(scan.presence("preretinal_membrane", 1)[0])
+    if shown <= 0:
+        return img
+    line_y = ilm - lift * shown - 0.5
+    thickness = max(0.006 * height, 0.8)
+    membrane = np.clip(1.0 - np.abs(scan.yy - line_y[None]) / thickness, 0.0, 1.0) * span[None]
+    scan.signs.append("preretinal_membrane")
+    return np.maximum(img, 0.7 * shown * membrane)
+
+
+def _add_vessels(scan: _Scan, img: np.ndarray, boundaries: np.ndarray) -> np.ndarray:
+    """Retinal vessels in the ganglion cell layer, casting shadows down to the choroid."""
+    rng, width, xx, yy = scan.rng, scan.width, scan.xx, scan.yy
+    n_vessels = int(rng.integers(3, 6))
+    vu = scan.uc + rng.choice([-1.0, 1.0], n_vessels) * rng.uniform(0.12, 0.45, n_vessels)
+    vcols = np.clip((vu * width).astype(int), 0, width - 1)
+    vy = boundaries[1, vcols] + 0.5 * (boundaries[2, vcols] - boundaries[1, vcols])
+    vr = np.full(n_vessels, max(0.008 * width, 0.8))
+    column = np.clip(1.0 - np.abs(xx[None] - (vu * width)[:, None, None]) / vr[:, None, None], 0, 1)
+    shadow = (column * (yy[None] > vy[:, None, None])).max(0)
+    img = img * (1.0 - 0.55 * shadow)
+    return np.maximum(img, 0.7 * _soft_ellipses(xx, yy, vu * width, vy, vr, vr, np.ones(n_vessels)))
+
+
+def _acquire(scan: _Scan, img: np.ndarray, domain: SiteDomain, noise: np.random.Generator) -> np.ndarray:
+    """The device's acquisition, from ``noise``: speckle, A-scan brightness, blur, gain; uint8 [H, W]."""
+    width = scan.width
+    signal = 1.0
+    # A smaller scan averages more speckle grains per pixel: smoother.
+    speckle_shape = domain.oct_speckle * max(1.0, (256.0 / width) ** 0.5)
+    blur = domain.oct_blur * width
+    if "cataract" in scan.labels:
+        signal, speckle_shape, blur = 0.55, speckle_shape * 0.6, blur + 0.005 * width
+        scan.signs.append("signal_attenuation")
+    img = img * (1.0 + 0.08 * smooth_noise(noise, 1, width, 12))
+    img = img * noise.gamma(speckle_shape, 1.0 / speckle_shape, img.shape) + 0.05 * noise.gamma(
+        2.0, 0.5, img.shape)
+    if blur > 0:
+        img = ndimage.gaussian_filter(img, (0.5 * blur, blur))
+    img = np.clip(img * signal * domain.oct_gain, 0.0, 1.0) ** domain.oct_gamma
+    return (img * 255.0 + 0.5).astype(np.uint8)
+
+
 def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size: int,
                domain: SiteDomain = NEUTRAL_DOMAIN, *, offset: float = 0.0,
                presence: Presence = _fully_present,
@@ -117,183 +337,33 @@ def render_oct(rng: np.random.Generator, labels: tuple[str, ...], eye: str, size
     """
     check_categories(labels)
     check_eye(eye)
-    labels = tuple(labels)
     height, width = oct_shape(size)
-    nasal = 1.0 if eye == "OD" else -1.0
-    u = (np.arange(width, dtype=np.float32) + 0.5) / width
-    uc = 0.5 + rng.uniform(-0.04, 0.04)
-    lesions: list[Lesion] = []
-    signs: list[str] = []
-    grade = next((label for label in labels if label in DR_RETINOPATHY_GRADES), None)
-    noise = rng if noise_rng is None else noise_rng
-
-    def region(x: float) -> str:
-        off_centre = math.hypot(x - uc, _RASTER_HALF_HEIGHT * offset)
-        return "central" if off_centre < 0.1 else "parafoveal"
-
-    # --- thickness profiles, fractions of the height --------------------------
-    pit = np.exp(-((u - uc) / rng.uniform(0.065, 0.085)) ** 2) * math.exp(
-        -(offset / _PIT_FADE) ** 2)
-    towards_disc = 1.0 / (1.0 + np.exp(-nasal * (u - uc) / 0.08))
-    inner = 1.0
-    if "glaucoma" in labels:
-        inner = rng.uniform(0.35, 0.5)
-        signs.append("rnfl_thinning")
-    thick = {
-        "rnfl": (0.006 + 0.022 * towards_disc) * (1.0 - pit) * inner,
-        "gcl": 0.026 * (1.0 - 0.95 * pit) * inner,
-        "ipl": 0.020 * (1.0 - 0.9 * pit),
-        "inl": 0.020 * (1.0 - 0.85 * pit),
-        "opl": 0.012 * (1.0 - 0.6 * pit),
-        "onl": 0.038 + 0.03 * pit,
-        "ez": np.full_like(u, 0.008),
-        "iz": np.full_like(u, 0.007),
-        "srf": np.zeros_like(u),
-        "rpe": np.full_like(u, 0.016),
-        "drusen": np.zeros_like(u),
-    }
-    curvature, depth, choroid = 0.15, rng.uniform(0.56, 0.62), rng.uniform(0.085, 0.11)
-    if "pathologic_myopia" in labels:
-        curvature, depth, choroid = rng.uniform(0.8, 1.0), rng.uniform(0.64, 0.68), 0.035
-        for band in ("rnfl", "gcl", "ipl", "inl", "onl"):
-            thick[band] = thick[band] * 0.85
-        signs += ["posterior_staphyloma", "thin_choroid"]
-    if "dme" in labels:
-        swelling = np.exp(-((u - uc) / rng.uniform(0.12, 0.16)) ** 2)
-        thick["onl"] = 0.038 + 0.03 * pit * 0.25 + rng.uniform(0.06, 0.09) * swelling
-        thick["inl"] = thick["inl"] + 0.02 * swelling
-        signs += ["retinal_thickening", "intraretinal_fluid"]
-    if "amd" in labels:
-        n = int(rng.integers(3, 9))
-        h = np.maximum(rng.uniform(0.015, 0.035, n) * height, 1.6) / height
-        centres = uc + rng.uniform(-0.28, 0.28, n)
-        spread = rng.uniform(0.012, 0.03, n)
-        shown = presence("drusen", n)
-        drawn = shown > 0
-        thick["drusen"] = _bumps(u, centres[drawn], (h * shown)[drawn], spread[drawn])
-        lesions.extend(Lesion("drusen", float(c), float(depth * height / width), float(w),
-                              region(c)) for c, w in zip(centres[drawn], spread[drawn]))
-        if drawn.any():
-            signs.append("drusen")
-    if (grade == "pdr" or "dme" in labels) and rng.uniform() < 0.3:
-        h = max(rng.uniform(0.02, 0.045) * height, 1.5) / height
-        centre, spread = uc + rng.uniform(-0.05, 0.05), rng.uniform(0.06, 0.1)
-        shown = float(presence("subretinal_fluid", 1)[0])
-        if shown > 0:
-            thick["srf"] = h * shown * np.exp(-((u - centre) / spread) ** 2)
-            signs.append("subretinal_fluid")
-    if "hypertensive_retinopathy" in labels and rng.uniform() < 0.6:
-        uh = uc + rng.choice([-1.0, 1.0]) * rng.uniform(0.15, 0.35)
-        shown = float(presence("rnfl_swelling", 1)[0])
-        if shown > 0:
-            thick["rnfl"] = thick["rnfl"] + 0.02 * shown * np.exp(-((u - uh) / 0.04) ** 2)
-            signs.append("rnfl_swelling")
-
-    # --- boundaries in pixel rows, stacked up from Bruch's membrane ------------
+    scan = _Scan(rng, tuple(labels), presence, offset, height, width, uc=0.5 + rng.uniform(-0.04, 0.04))
+    # 1. thickness profiles, fractions of the height
+    thick, curvature, depth, choroid = _thickness_profiles(scan, 1.0 if eye == "OD" else -1.0)
+    # 2. boundaries in pixel rows, stacked up from Bruch's membrane
     tilt = domain.oct_tilt + rng.uniform(-0.03, 0.03)
-    bruch = (depth - curvature * (u - uc) ** 2 + tilt * (u - 0.5)) * height
-    stack = ("drusen", "rpe", "srf", "iz", "ez", "onl", "opl", "inl", "ipl", "gcl", "rnfl")
-    # Top edge of each band in `stack` order.
-    tops = bruch - np.cumsum([thick[b] * _THICKNESS_SCALE * height for b in stack], axis=0)
-    boundaries = np.concatenate([tops[::-1], bruch[None], (bruch + choroid * height)[None]])
+    bruch, boundaries = _boundaries(scan, thick, curvature, depth, choroid, tilt)
     ilm = boundaries[0]
-
-    # --- reflectivity ------------------------------------------------------------
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32) + 0.5
-    cover = np.clip(yy[None] - boundaries[:, None, :] + 0.5, 0.0, 1.0)  # [B, H, W]
-    img = _REFLECTIVITY[0] + np.tensordot(np.diff(_REFLECTIVITY), cover, axes=1)
-    below = np.clip(yy - bruch[None] + 0.5, 0.0, 1.0)
-    lumens = smooth_noise(rng, height, width, 30, 14)  # choroidal vessels: dark lumens
-    texture = np.clip(0.8 + 0.4 * lumens, 0.2, 1.3) * np.exp(
-        -np.maximum(yy - bruch[None], 0.0) / (0.9 * choroid * height))
-    img = img * (1.0 - below + below * texture)
-
-    def add_foci(count: int) -> None:
-        if count <= 0:
-            return
-        fu = uc + rng.uniform(-0.3, 0.3, count)
-        cols = np.clip((fu * width).astype(int), 0, width - 1)
-        top, bottom = boundaries[3, cols], boundaries[6, cols]  # IPL top .. ONL top
-        fy = top + rng.uniform(0.0, 1.0, count) * (bottom - top)
-        r = np.full(count, max(0.005 * width, 0.7))
-        shown = presence("hyperreflective_focus", count)
-        drawn = shown > 0
-        fu, fy, r, shown = fu[drawn], fy[drawn], r[drawn], shown[drawn]
-        img[...] = np.maximum(img, 0.85 * _soft_ellipses(xx, yy, fu * width, fy, r, r, shown))
-        lesions.extend(Lesion("hyperreflective_focus", float(a), float(b) / width,
-                              float(c) / width, region(a)) for a, b, c in zip(fu, fy, r))
-        if drawn.any():
-            signs.append("hyperreflective_foci")
-
-    if "dme" in labels:
-        n = int(rng.integers(3, 8))
-        cu = uc + rng.uniform(-0.15, 0.15, n)
-        cols = np.clip((cu * width).astype(int), 0, width - 1)
-        top, bottom = boundaries[4, cols], boundaries[7, cols]  # INL top .. ONL bottom
-        ry = np.maximum((bottom - top) * rng.uniform(0.25, 0.45, n), 0.9)
-        cy = top + ry + rng.uniform(0.0, 1.0, n) * np.maximum(bottom - top - 2 * ry, 0.0)
-        rx = np.maximum(rng.uniform(0.03, 0.06, n) * width, 1.0)
-        shown = presence("intraretinal_cyst", n)
-        drawn = shown > 0
-        # Size and darkness both shrink towards the edge of a cyst's vertical extent.
-        cu, cy, shown = cu[drawn], cy[drawn], shown[drawn]
-        rx, ry = rx[drawn] * shown, ry[drawn] * shown
-        cysts = _soft_ellipses(xx, yy, cu * width, cy, rx, ry, shown)
-        img = img * (1.0 - cysts) + 0.03 * cysts
-        lesions.extend(Lesion("intraretinal_cyst", float(a), float(b) / width, float(c) / width,
-                              region(a)) for a, b, c in zip(cu, cy, rx))
-        add_foci(int(rng.integers(3, 9)))
-    elif grade is not None:
-        add_foci(int(rng.integers(*{"mild_npdr": (0, 3), "moderate_npdr": (2, 6),
-                                    "severe_npdr": (4, 9), "pdr": (4, 9)}[grade])))
-    if grade == "pdr" and rng.uniform() < 0.7:
-        # Fibrovascular membrane on the retinal surface, attached at both ends.
-        u0 = rng.uniform(0.1, 0.45)
-        u1 = u0 + rng.uniform(0.25, 0.45)
-        span = (u > u0) & (u < u1)
-        arch = np.sin(np.pi * np.clip((u - u0) / (u1 - u0), 0.0, 1.0))
-        lift = rng.uniform(0.03, 0.06) * height * arch
-        shown = float(presence("preretinal_membrane", 1)[0])
-        if shown > 0:
-            line_y = ilm - lift * shown - 0.5
-            thickness = max(0.006 * height, 0.8)
-            membrane = np.clip(1.0 - np.abs(yy - line_y[None]) / thickness, 0.0, 1.0) * span[None]
-            img = np.maximum(img, 0.7 * shown * membrane)
-            signs.append("preretinal_membrane")
-
-    # Retinal vessels in the ganglion cell layer cast shadows down to the choroid.
-    n_vessels = int(rng.integers(3, 6))
-    vu = uc + rng.choice([-1.0, 1.0], n_vessels) * rng.uniform(0.12, 0.45, n_vessels)
-    vcols = np.clip((vu * width).astype(int), 0, width - 1)
-    vy = boundaries[1, vcols] + 0.5 * (boundaries[2, vcols] - boundaries[1, vcols])
-    vr = np.full(n_vessels, max(0.008 * width, 0.8))
-    column = np.clip(1.0 - np.abs(xx[None] - (vu * width)[:, None, None]) / vr[:, None, None], 0, 1)
-    shadow = (column * (yy[None] > vy[:, None, None])).max(0)
-    img = img * (1.0 - 0.55 * shadow)
-    img = np.maximum(img, 0.7 * _soft_ellipses(xx, yy, vu * width, vy, vr, vr, np.ones(n_vessels)))
-
-    # --- acquisition: speckle, A-scan brightness, blur, gain ----------------------
-    signal = 1.0
-    # A smaller scan averages more speckle grains per pixel: smoother.
-    speckle_shape = domain.oct_speckle * max(1.0, (256.0 / width) ** 0.5)
-    blur = domain.oct_blur * width
-    if "cataract" in labels:
-        signal, speckle_shape, blur = 0.55, speckle_shape * 0.6, blur + 0.005 * width
-        signs.append("signal_attenuation")
-    img = img * (1.0 + 0.08 * smooth_noise(noise, 1, width, 12))
-    img = img * noise.gamma(speckle_shape, 1.0 / speckle_shape, img.shape) + 0.05 * noise.gamma(
-        2.0, 0.5, img.shape)
-    if blur > 0:
-        img = ndimage.gaussian_filter(img, (0.5 * blur, blur))
-    img = np.clip(img * signal * domain.oct_gain, 0.0, 1.0) ** domain.oct_gamma
-    out = (img * 255.0 + 0.5).astype(np.uint8)
-    if not signs:
-        signs.append("normal_layers")
-    central = int(np.clip(uc * width, 0, width - 1))
+    # 3. reflectivity, then the lesions drawn on it
+    img = _reflectivity(scan, bruch, boundaries, choroid)
+    if "dme" in scan.labels:
+        img = _add_cysts(scan, img, boundaries)
+        _add_foci(scan, img, boundaries, int(rng.integers(3, 9)))
+    elif scan.grade is not None:
+        _add_foci(scan, img, boundaries, int(rng.integers(*{"mild_npdr": (0, 3), "moderate_npdr": (2, 6),
+                                                            "severe_npdr": (4, 9), "pdr": (4, 9)}[scan.grade])))
+    if scan.grade == "pdr":
+        img = _add_membrane(scan, img, ilm)
+    img = _add_vessels(scan, img, boundaries)
+    # 4. acquisition: speckle, A-scan brightness, blur, gain
+    out = _acquire(scan, img, domain, rng if noise_rng is None else noise_rng)
+    central = int(np.clip(scan.uc * width, 0, width - 1))
     findings = Findings(
-        modality="OCT", eye=eye, labels=labels, lesions=tuple(lesions), signs=tuple(signs),
+        modality="OCT", eye=eye, labels=scan.labels, lesions=tuple(scan.lesions),
+        signs=tuple(scan.signs or ["normal_layers"]),
         extras={"central_thickness": round(float(bruch[central] - ilm[central]) / height, 4),
-                "fovea_x": round(float(uc), 4)},
+                "fovea_x": round(float(scan.uc), 4)},
     )
     return out, findings
 

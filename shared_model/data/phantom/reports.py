@@ -75,6 +75,22 @@ def _cfp_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
         f"{side.capitalize()} eye, 45-degree colour fundus image centred on the macula.",
     ))]
     signs = set(f.signs)
+    out += _cfp_disc_sentences(f, signs, rng)
+    out += _cfp_vessel_sentences(f, signs, rng)
+    out += _cfp_lesion_sentences(f, signs, rng)
+    if f.labels == ("normal",):
+        out.append(_pick(rng, (
+            "Normal vessels and macula; no haemorrhages, exudates or other lesions.",
+            "The retina is healthy with normal vessel calibre and a normal foveal reflex.",
+            "No signs of retinopathy.",
+        )))
+    out.append(_impression(rng, f.labels, "CFP"))
+    return out
+
+
+def _cfp_disc_sentences(f: Findings, signs: set[str], rng: np.random.Generator) -> list[str]:
+    """The view (media haze), the optic disc and a myopic fundus."""
+    out = []
     if "media_haze" in signs:
         out.append(_pick(rng, (
             "Hazy view from a media opacity; fundus details are blurred with reduced contrast.",
@@ -96,6 +112,12 @@ def _cfp_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
             "Tigroid fundus from thinning of the retinal pigment epithelium, with a tilted disc "
             "and a wide pale crescent of peripapillary atrophy temporally.",
         )))
+    return out
+
+
+def _cfp_vessel_sentences(f: Findings, signs: set[str], rng: np.random.Generator) -> list[str]:
+    """Arterioles, veins, new vessels and a pre-retinal haemorrhage."""
+    out = []
     if "arteriolar_narrowing" in signs:
         out.append(_pick(rng, (
             "Generalised arteriolar narrowing with arteriovenous nicking.",
@@ -111,6 +133,12 @@ def _cfp_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
     if f.count("preretinal_haemorrhage"):
         out.append(_pick(rng, ("A boat-shaped pre-retinal haemorrhage.",
                                "Pre-retinal haemorrhage with a fluid level.")))
+    return out
+
+
+def _cfp_lesion_sentences(f: Findings, signs: set[str], rng: np.random.Generator) -> list[str]:
+    """Each kind of focal lesion with its amount and place, then drusen."""
+    out = []
     for kind, (plural, singular) in _CFP_LESION_NOUNS.items():
         n = f.count(kind)
         if not n:
@@ -131,13 +159,6 @@ def _cfp_sentences(f: Findings, rng: np.random.Generator) -> list[str]:
             f"{_amount(rng, f.count('drusen')).capitalize()} soft yellow drusen at the macula.",
             "Confluent and discrete drusen clustered around the fovea.",
         )))
-    if f.labels == ("normal",):
-        out.append(_pick(rng, (
-            "Normal vessels and macula; no haemorrhages, exudates or other lesions.",
-            "The retina is healthy with normal vessel calibre and a normal foveal reflex.",
-            "No signs of retinopathy.",
-        )))
-    out.append(_impression(rng, f.labels, "CFP"))
     return out
 
 

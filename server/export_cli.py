@@ -17,12 +17,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="retina-export", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", type=Path, help="a retina-train, retina-sim or retina-server run folder")
     parser.add_argument("--out", required=True, type=Path, help="new (or empty) folder to write")
-    parser.add_argument("--round", type=int, dest="round_number", help="federated runs: this kept round (default: last)")
+    parser.add_argument("--round", type=int, dest="round_number",
+                        help="federated runs: this kept round (default: last)")
     args = parser.parse_args(argv)
-    from shared_model.model.export import export_model
+    from server.model_export import export_run
 
     with user_errors():
-        out = export_model(args.run_dir, args.out, args.round_number)
+        out = export_run(args.run_dir, args.out, args.round_number)
     Console().print(f"exported {args.run_dir} to {out} (model.safetensors, config.json, MODEL_CARD.md)",
                     highlight=False)
 
