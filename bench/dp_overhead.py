@@ -1,5 +1,5 @@
-"""DP overhead: time of one DP-SGD step (Opacus per-sample gradients, per-unit sums, clipping,
-noise; ``shared_model/privacy/dp_trainer.py``) over one ordinary step of the same model, batch
+"""DP overhead: time of one DP-SGD step (per-unit clipping, Opacus noise;
+``shared_model/privacy/dp_step.py``) over one ordinary step of the same model, batch
 and objective (the DP objective: MAE + contrast against the public prompt bank). Three ways to clip
 per unit are timed side by side: ghost norms + book-keeping (``privacy.clipping=ghost``, the
 default: no per-image gradient is formed), and Opacus' per-image gradients from hooks or from
@@ -15,7 +15,9 @@ from shared_model.conf import compose_app
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
 from shared_model.privacy.dp_trainer import DPSGDTrainer
-from shared_model.train.trainer import LocalTrainer, seed_everything
+from shared_model.privacy.plan import DPPlan
+from shared_model.runtime import seed_everything
+from shared_model.train.trainer import LocalTrainer
 
 TARGET = "<= 1.5"
 MODES = ("ghost", "hooks", "functorch")
@@ -32,8 +34,8 @@ def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tup
         if mode == "none":
             trainers[mode] = LocalTrainer(model, objective, cfg.train, dev)
         else:
-            trainers[mode] = DPSGDTrainer(model, objective, cfg.train, dev, units, 0.1, 1.0, 1.0,
-                                          clipping=mode)
+            plan = DPPlan("patient", len(set(units)), 0.1, 1.0, 1.0, 1e-5, cfg.privacy.accountant, 10.0, mode)
+            trainers[mode] = DPSGDTrainer(model, objective, cfg.train, dev, units, plan)
     return trainers, cfg.model.image.image_size
 
 
@@ -50,13 +52,16 @@ def measure(dev: torch.device, quick: bool) -> list[Row]:
         units = [k // 2 if k % 4 < 2 else k for k in range(batch_size)]  # half the patients bring two images
         trainers, size = dp_trainers(preset, units, dev, CASES[preset])
         batch = synthetic_batch(batch_size, size)
-        seconds = interleaved_seconds({mode: (lambda t=t: t.train_step(batch)) for mode, t in trainers.items()}, dev,
-                                      2 if quick else 8)
+        seconds = interleaved_seconds({mode: (lambda t=t, batch=batch: t.train_step(batch))
+                                       for mode, t in trainers.items()}, dev, 2 if quick else 8)
         params = sum(p.numel() for p in trainers["none"].model.parameters() if p.requires_grad)
+        for mode in MODES:
+            trainers[mode].close()
         for mode in MODES:
             ratio = seconds[mode] / seconds["none"]
             frozen = ", text frozen" if CASES[preset] else ""
+            method = "ghost norms (ours)" if mode == "ghost" else f"Opacus {mode}"
             rows.append(Row("DP overhead", f"{preset} ({params / 1e6:.1f} M trained{frozen}), batch {batch_size}, "
-                            f"{'ghost norms (ours)' if mode == 'ghost' else 'Opacus ' + mode}", f"{seconds[mode] * 1e3:.0f} ms DP-SGD step",
+                            f"{method}", f"{seconds[mode] * 1e3:.0f} ms DP-SGD step",
                             f"{seconds['none'] * 1e3:.0f} ms step", ratio, TARGET, check(ratio, TARGET)))
     return rows

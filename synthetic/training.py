@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,17 +20,18 @@ from torch.utils.data import DataLoader, RandomSampler
 
 from shared_model.atomic_files import atomic_path, write_json_atomic
 from shared_model.config import SynthAppConfig
+from shared_model.data.manifest import load_training_records
 from shared_model.model.state_dicts import read_trainer_state
-from shared_model.privacy.dp_trainer import PoissonBatches, empty_batch_grads, make_private, sum_per_unit
+from shared_model.privacy.dp_step import DPStep
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.model_fixes import make_opacus_compatible
 from shared_model.privacy.plan import privacy_problems
 from shared_model.privacy.session import DPSession
-from shared_model.privacy.units import PoissonUnitSampler, secret_generator
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.reporting.run_report import write_run_report
-from shared_model.train.centralized import load_training_records, write_resolved_config
-from shared_model.train.trainer import progress_columns, progress_info, resolve_device, seed_everything
+from shared_model.runtime import resolve_device, seed_everything
+from shared_model.train.centralized import write_resolved_config
+from shared_model.train.trainer import progress_columns, progress_info
 from synthetic.conditioning import Conditioning, training_mix
 from synthetic.dataset import GeneratorDataset, collate_images
 from synthetic.generator import GENERATOR_DIR, ConditionalUNet, load_generator, save_generator
@@ -62,7 +64,7 @@ class GeneratorStats:
 
 
 class GeneratorTrainer:
-    """Optimizer, schedule, EMA and (under DP-SGD) Opacus around a :class:`ConditionalUNet`."""
+    """Optimizer, schedule, EMA and (under DP-SGD) a :class:`DPStep` around a :class:`ConditionalUNet`."""
 
     def __init__(self, model: ConditionalUNet, app: SynthAppConfig, dataset: GeneratorDataset,
                  session: DPSession | None = None):
@@ -70,7 +72,7 @@ class GeneratorTrainer:
         from transformers import get_cosine_schedule_with_warmup
 
         cfg = app.train
-        self.cfg, self.dataset, self.session = cfg, dataset, session
+        self.cfg, self.dataset = cfg, dataset
         self.device = resolve_device(cfg.device)
         self.model = model.to(self.device)
         self.scheduler = noise_scheduler(app.generator.num_train_timesteps)
@@ -84,16 +86,12 @@ class GeneratorTrainer:
         self.autocast = self.device.type == "cuda" and cfg.precision == "bf16"
         self.generator = torch.Generator().manual_seed(cfg.seed)
         self.step = 0
-        self.units = None
-        if session is not None:
-            self.units = torch.tensor(session.record_units)
-            self.sampler = PoissonUnitSampler(session.record_units, session.plan.sample_rate, secret_generator())
-            self.hooks, self.optimizer = make_private(model, self.optimizer, self.sampler, session.plan.noise_multiplier,
-                                                      session.plan.max_grad_norm, self.device)
+        self.dp = None if session is None else DPStep(model, self.optimizer, session.plan, session.record_units,
+                                                      self.device)
 
     def _loader(self) -> DataLoader:
-        if self.session is not None:
-            return DataLoader(self.dataset, batch_sampler=PoissonBatches(self.sampler), collate_fn=collate_images,
+        if self.dp is not None:
+            return DataLoader(self.dataset, batch_sampler=self.dp.batches(), collate_fn=collate_images,
                               num_workers=self.cfg.num_workers)
         sampler = RandomSampler(self.dataset, replacement=True, num_samples=10 ** 9, generator=self.generator)
         return DataLoader(self.dataset, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=collate_images,
@@ -116,17 +114,19 @@ class GeneratorTrainer:
     def train_step(self, batch: dict) -> float:
         """One optimizer step (a DP-SGD step over units under DP); returns the batch loss."""
         self.model.train()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.dp is None:
+            self.optimizer.zero_grad(set_to_none=True)
+        else:
+            self.dp.zero_grad()
         loss = torch.zeros(())
         if len(batch["index"]):
-            loss = self.losses(batch["image"], batch["condition"]).mean()
+            with nullcontext() if self.dp is None else self.dp.forward():
+                loss = self.losses(batch["image"], batch["condition"]).mean()
             loss.backward()
-            if self.session is not None:
-                sum_per_unit(self.optimizer, self.units[batch["index"]])
-        elif self.session is not None:
-            empty_batch_grads(self.optimizer)
-        if self.session is None:
+        if self.dp is None:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        else:
+            self.dp.noise(batch["index"])
         self.optimizer.step()
         self.lr_schedule.step()
         self.ema.step(self.model.parameters())
@@ -155,6 +155,11 @@ class GeneratorTrainer:
                         metrics.append({"step": self.step, "loss": loss, "lr": self.lr_schedule.get_last_lr()[0],
                                         "images_per_s": images / (time.perf_counter() - start)})
         return GeneratorStats(done, images, time.perf_counter() - start, total / max(done, 1), skipped, logged)
+
+    def close(self) -> None:
+        """Take the DP hooks off the model (when done training: see :meth:`DPStep.close`)."""
+        if self.dp is not None:
+            self.dp.close()
 
     def ema_state(self) -> dict[str, torch.Tensor]:
         """The EMA weights as a state dict of the model."""
@@ -241,6 +246,7 @@ def train_generator(app: SynthAppConfig, progress: bool = True) -> dict:
             extra["privacy"] = session.describe()
         save_generator(model, trainer.ema_state(), folder, extra)
         trainer.save_state(run_dir)
+    trainer.close()
     steps = sum(c.steps for c in chunks)
     summary = {"step": trainer.step, "steps_this_run": steps, "device": str(trainer.device),
                "loss": loss_trend([point for c in chunks for point in c.logged]),

@@ -10,14 +10,15 @@ matrices instead of an out×in gradient per image, cheaper whenever the images h
 than the layer has weights per token. Once every unit's norm is known, the clipped sum of the
 unit gradients is one ordinary weight-gradient product with every image's output gradient
 scaled by its unit's clipping factor (book-keeping: no second backward pass). The weight
-gradients autograd would compute are never used, so :meth:`GhostClipper.weightless` runs the
+gradients autograd would compute are never used, so :meth:`GhostClipper.forward` runs the
 forward pass with the linear and convolution weights detached from the graph: the backward pass
 then only carries gradients to activations, and the clipped sum is the only weight gradient made.
 
 Supported trainable leaf modules: ``nn.Linear``, ``nn.LayerNorm``, a patchifying ``nn.Conv2d``
 (kernel = stride, no padding) and :class:`LearnedToken` — everything RetinaCLIP trains under
-DP-SGD; a model with any other trainable module is refused (Opacus' hooks then serve). A module
-called several times in one step contributes all its calls' tokens to one gradient.
+DP-SGD; a model with any other trainable module is refused (``clipping.make_clipper`` then picks
+Opacus' hooks). A module called several times in one step contributes all its calls' tokens to one
+gradient.
 """
 
 from __future__ import annotations
@@ -90,7 +91,8 @@ class _Pairs:
 
 class GhostClipper:
     """Hooks on ``model``'s trainable modules; after ``loss.backward()``, :meth:`clip_and_sum`
-    sets every parameter's ``summed_grad`` to Σ_u min(1, C/‖g_u‖)·g_u over the batch's units."""
+    sets every parameter's ``summed_grad`` to Σ_u min(1, C/‖g_u‖)·g_u over the batch's units
+    (a :class:`~shared_model.privacy.clipping.Clipper`)."""
 
     def __init__(self, model: nn.Module, max_grad_norm: float):
         bad = unsupported_modules(model)
@@ -111,7 +113,7 @@ class GhostClipper:
             self.handles.append(module.register_forward_hook(self._keep_input))
 
     @contextmanager
-    def weightless(self) -> Iterator[None]:
+    def forward(self) -> Iterator[None]:
         """A forward pass whose graph leaves the linear/convolution weights out (see module doc)."""
         for p in self.heavy:
             p.requires_grad_(False)
@@ -162,9 +164,9 @@ class GhostClipper:
             acts = [F.layer_norm(a, module.normalized_shape, eps=module.eps) for a in acts]
         return _joined(acts), _joined(grads)
 
-    def clip_and_sum(self, units: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def clip_and_sum(self, units: torch.Tensor, batch_size: int) -> None:
         """Clipped per-unit gradient sum into ``p.summed_grad``; ``units``: each image's unit,
-        ``batch_size``: the images the loss averaged over. Returns the per-unit norms."""
+        ``batch_size``: the images the loss averaged over."""
         device = next(self.modules[0].parameters()).device
         pairs = _Pairs(units, device)
         calls = {m: self._calls(m) for m in self.modules if self.grads[m]}
@@ -200,9 +202,15 @@ class GhostClipper:
         for param, per_image in small.items():
             param.summed_grad = (per_image * factor[:, None]).sum(0).reshape(param.shape).to(param.dtype)
         self.reset()
-        return norms
 
-    def remove(self) -> None:
-        """Take the hooks off the model."""
+    def empty_step(self) -> None:
+        """An empty Poisson batch: zero ``summed_grad`` for every trainable parameter."""
+        for p in self.trainable:
+            p.summed_grad = torch.zeros_like(p)
+
+    def close(self) -> None:
+        """Take the hooks off the model and forget what they kept."""
+        self.reset()
         for handle in self.handles:
             handle.remove()
+        self.handles.clear()

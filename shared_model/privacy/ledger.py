@@ -71,7 +71,7 @@ class PrivacyLedger:
         write_text_atomic(path, json.dumps(payload, indent=1) + "\n")
 
     @classmethod
-    def load(cls, path: Path) -> "PrivacyLedger":
+    def load(cls, path: Path) -> PrivacyLedger:
         """Read and verify a ledger; any doubt raises :class:`LedgerError` naming the file."""
         try:
             payload = json.loads(path.read_text())

@@ -42,7 +42,8 @@ def make_opacus_compatible(model: nn.Module) -> tuple[nn.Module, list[str]]:
                 fixed = ModuleValidator.FIXERS[type(module)](module)
             parent_name, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(parent_name) if parent_name else model, leaf, fixed)
-            changes.append(f"{name}: {module} -> {fixed}" + (" (fixed centre)" if isinstance(fixed, FixedCentring) else ""))
+            changes.append(f"{name}: {module} -> {fixed}"
+                           + (" (fixed centre)" if isinstance(fixed, FixedCentring) else ""))
     was_training = model.training
     model.train()
     errors = ModuleValidator.validate(model, strict=False)

@@ -7,8 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from shared_model.config import FederationAppConfig, PrivacyConfig, TrainAppConfig
-from shared_model.model.update_codec import ENCODINGS
+from shared_model.config import PrivacyConfig, TrainAppConfig
 from shared_model.privacy.accounting import ACCOUNTANTS, History, calibrate_noise
 from shared_model.privacy.errors import PrivacyConfigError
 from shared_model.privacy.ledger import LEDGER_FILE, LedgerError, PrivacyLedger
@@ -17,8 +16,6 @@ from shared_model.privacy.units import RNG_DESCRIPTION, UNITS
 MODES = ("none", "dp-sgd")
 CLIPPING = ("ghost", "hooks")
 CENTRAL_MODES = ("none", "fixed", "adaptive")
-ROBUST_STRATEGIES = ("fedtrimmedavg", "fedmedian", "krum")
-SECAGG_STRATEGIES = ("fedavg", "fedprox")  # the securely summed mean delta is their aggregate
 
 
 def privacy_problems(p: PrivacyConfig) -> list[str]:
@@ -54,52 +51,51 @@ def privacy_problems(p: PrivacyConfig) -> list[str]:
     return problems
 
 
+def _objective_problems(app: TrainAppConfig) -> list[str]:
+    """Loss terms and model parts of the foundation model that DP-SGD's per-unit clipping does not cover."""
+    problems = []
+    if app.loss.image_text > 0 and app.loss.image_text_variant != "bank":
+        problems.append(f"loss.image_text_variant={app.loss.image_text_variant!r} is in-batch contrast, which "
+                        "couples examples: use loss.image_text_variant=bank (contrast against public prompt "
+                        "embeddings) or loss.image_text=0")
+    if app.loss.image_image > 0:
+        problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
+                        "set loss.image_image=0 under DP-SGD")
+    if app.model.volume_max_slices > 0:
+        problems.append(f"model.volume_max_slices={app.model.volume_max_slices}: the slice adapter trains a "
+                        "volume's B-scans together, which the per-unit clipping here does not cover yet; set "
+                        "model.volume_max_slices=0 under DP-SGD (a volume then trains one random B-scan)")
+    return problems
+
+
+def _sampling_problems(app: TrainAppConfig) -> list[str]:
+    if app.privacy.mode == "dp-sgd" and app.data.class_balance > 0:
+        return [f"data.class_balance={app.data.class_balance}: DP-SGD samples its units by Poisson "
+                "sampling at one rate, which the accountant models; set data.class_balance=0"]
+    return []
+
+
+def refuse(problems: list[str]) -> None:
+    """Raise :class:`PrivacyConfigError` listing ``problems``, if there are any."""
+    if problems:
+        raise PrivacyConfigError("privacy configuration refused:\n  - " + "\n  - ".join(problems))
+
+
+def check_privacy_settings(app: TrainAppConfig) -> None:
+    """Refuse privacy settings without a valid guarantee, whatever model is trained."""
+    refuse(privacy_problems(app.privacy) + _sampling_problems(app))
+
+
 def resolve_privacy(app: TrainAppConfig) -> TrainAppConfig:
-    """Check the privacy settings of a run and apply the automatic model fixes.
+    """Check the privacy settings of a run training the foundation model and apply the automatic
+    model fixes.
 
     Raises :class:`PrivacyConfigError` listing every problem; returns ``app`` with
     ``model.opacus_compatible`` set when DP-SGD is on (BatchNorm centring -> GroupNorm).
     """
-    p = app.privacy
-    problems = privacy_problems(p)
-    clip = getattr(app, "task", "clip") == "clip"  # a federated generator has no contrastive terms
-    if p.mode == "dp-sgd" and clip:
-        if app.loss.image_text > 0 and app.loss.image_text_variant != "bank":
-            problems.append(f"loss.image_text_variant={app.loss.image_text_variant!r} is in-batch contrast, which "
-                            "couples examples: use loss.image_text_variant=bank (contrast against public prompt "
-                            "embeddings) or loss.image_text=0")
-        if app.loss.image_image > 0:
-            problems.append("loss.image_image > 0: cross-modality contrast is in-batch and couples examples; "
-                            "set loss.image_image=0 under DP-SGD")
-        if app.model.volume_max_slices > 0:
-            problems.append(f"model.volume_max_slices={app.model.volume_max_slices}: the slice adapter trains a "
-                            "volume's B-scans together, which the per-unit clipping here does not cover yet; set "
-                            "model.volume_max_slices=0 under DP-SGD (a volume then trains one random B-scan)")
-    if p.mode == "dp-sgd" and app.data.class_balance > 0:
-        problems.append(f"data.class_balance={app.data.class_balance}: DP-SGD samples its units by Poisson "
-                        "sampling at one rate, which the accountant models; set data.class_balance=0")
-    if isinstance(app, FederationAppConfig):
-        if app.secagg.enabled and p.central != "none":
-            problems.append("secagg=on with privacy.central: server-side clipping needs each site's update, "
-                            "which secure aggregation hides (clip at the sites: privacy.mode=dp-sgd)")
-        if app.secagg.enabled and app.strategy.name in ROBUST_STRATEGIES:
-            problems.append(f"secagg=on with strategy={app.strategy.name}: a robust aggregator needs the "
-                            "individual updates, which secure aggregation hides")
-        elif app.secagg.enabled and app.strategy.name not in SECAGG_STRATEGIES:
-            problems.append(f"secagg=on with strategy={app.strategy.name}: Flower's implementation aggregates the "
-                            f"individual replies, which secure aggregation hides; use one of {SECAGG_STRATEGIES}")
-        if app.federation.update_encoding not in ENCODINGS:
-            problems.append(f"federation.update_encoding must be one of {ENCODINGS}, got "
-                            f"{app.federation.update_encoding!r}")
-        elif app.secagg.enabled and app.federation.update_encoding != "fp32":
-            problems.append("secagg=on with federation.update_encoding=bf16-delta: SecAgg+ quantises float64 "
-                            "deltas itself; use update_encoding=fp32")
-        if p.central != "none" and app.strategy.name in ROBUST_STRATEGIES:
-            problems.append(f"privacy.central with strategy={app.strategy.name}: client-level DP is accounted for "
-                            "a clipped sum (FedAvg-type strategies only)")
-    if problems:
-        raise PrivacyConfigError("privacy configuration refused:\n  - " + "\n  - ".join(problems))
-    if p.mode == "dp-sgd" and clip and not app.model.opacus_compatible:
+    dp = app.privacy.mode == "dp-sgd"
+    refuse(privacy_problems(app.privacy) + (_objective_problems(app) if dp else []) + _sampling_problems(app))
+    if dp and not app.model.opacus_compatible:
         app = replace(app, model=replace(app.model, opacus_compatible=True))
     return app
 
@@ -116,6 +112,7 @@ class DPPlan:
     delta: float
     accountant: str
     epsilon_budget: float
+    clipping: str  # how the unit norms are computed (ghost or hooks): the same clipped sum either way
 
     def describe(self) -> dict[str, str | float | int]:
         """The plan as flat values for metrics and the privacy report."""
@@ -138,7 +135,7 @@ def plan_dp(p: PrivacyConfig, record_units: list[int], batch_size: int, planned_
     sigma = p.noise_multiplier
     if sigma is None:
         sigma = calibrate_noise(p.accountant, p.epsilon_budget, delta, rate, max(planned_steps, 1), releases)
-    return DPPlan(p.unit, units, rate, sigma, p.max_grad_norm, delta, p.accountant, p.epsilon_budget)
+    return DPPlan(p.unit, units, rate, sigma, p.max_grad_norm, delta, p.accountant, p.epsilon_budget, p.clipping)
 
 
 def open_ledger(state_dir: Path, p: PrivacyConfig, trained_before: bool) -> PrivacyLedger | None:

@@ -36,12 +36,11 @@ class DPSession:
     records: list[Record]
     record_units: list[int]
     model: RetinaCLIP
-    clipping: str = "ghost"
     centre_noise_multiplier: float = 2.0
 
     @classmethod
     def open(cls, state_dir: Path, p: PrivacyConfig, model: RetinaCLIP, records: list[Record], batch_size: int,
-             planned_steps: int, trained_before: bool) -> "DPSession":
+             planned_steps: int, trained_before: bool) -> DPSession:
         """Plan for ``records``; continue the ledger in ``state_dir`` (LedgerError if it is missing
         although ``trained_before``, damaged, or written under other settings). The plan always
         counts the image-centre release of a model that uses one, so σ is the same in every round."""
@@ -50,7 +49,7 @@ class DPSession:
         releases = [(p.centre_noise_multiplier, 1.0, 1)] if uses_released_centre(model) else []
         plan = plan_dp(p, units, batch_size, planned_steps, ledger, releases)
         ledger = ledger or PrivacyLedger(plan.accountant, plan.delta, plan.unit, plan.units)
-        return cls(plan, ledger, state_dir / LEDGER_FILE, records, units, model, p.clipping, p.centre_noise_multiplier)
+        return cls(plan, ledger, state_dir / LEDGER_FILE, records, units, model, p.centre_noise_multiplier)
 
     def _pending(self) -> History:
         return [(self.centre_noise_multiplier, 1.0, 1)] if centre_pending(self.model) else []
@@ -73,14 +72,14 @@ class DPSession:
                              self.centre_noise_multiplier, image_size, device)
         spent = self.ledger.record(self.centre_noise_multiplier, 1.0, 1, {"release": "image feature centre"})
         self.ledger.save(self.path)
-        log.info("image feature centre released (noise multiplier %.3g): ε so far %.3g", self.centre_noise_multiplier, spent)
+        log.info("image feature centre released (noise multiplier %.3g): ε so far %.3g", self.centre_noise_multiplier,
+                 spent)
 
     def trainer(self, objective: EyeCLIPObjective, cfg: TrainConfig, device: torch.device,
                 total_steps: int, num_workers: int, proximal: ProximalTerm | None = None) -> DPSGDTrainer:
-        """The DP-SGD trainer for this plan."""
-        return DPSGDTrainer(self.model, objective, cfg, device, self.record_units, self.plan.sample_rate,
-                            self.plan.noise_multiplier, self.plan.max_grad_norm, total_steps, num_workers, proximal,
-                            self.clipping)
+        """The DP-SGD trainer for this plan (call its ``close()`` when done training)."""
+        return DPSGDTrainer(self.model, objective, cfg, device, self.record_units, self.plan, total_steps, num_workers,
+                            proximal)
 
     def record(self, steps: int, label: dict) -> float:
         """Add the steps taken to the ledger and save it (before anything trained is released)."""

@@ -1,6 +1,6 @@
 """The local trainer: AdamW + cosine warm-up schedule, gradient clipping, bf16 autocast on CUDA,
-deterministic seeding, a rich progress bar with loss terms and images/s, and exact resumption
-from its own state (optimizer, schedule, data position, RNG).
+a rich progress bar with loss terms and images/s, and exact resumption from its own state
+(optimizer, schedule, data position, RNG).
 
 The same :class:`LocalTrainer` serves ``retina-train`` (centralized) and a federated site's
 ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round.
@@ -9,13 +9,11 @@ ClientApp, which calls :meth:`LocalTrainer.run` for a number of steps each round
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch.utils.data import DataLoader
@@ -33,20 +31,6 @@ from shared_model.train.proximal import ProximalTerm
 log = logging.getLogger(__name__)
 
 STATE_FILE = "trainer_state.pt"
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' -> CUDA when present, else CPU; anything else is passed to torch."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and torch (CPU and CUDA) for a reproducible run."""
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 SHORT_TERMS = {"image_text": "i-t", "image_image": "i-i", "mae": "mae"}  # the progress line's term labels
@@ -220,6 +204,10 @@ class LocalTrainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda_rng"])
+
+    def close(self) -> None:
+        """Let go of the model when training is done: the plain trainer holds nothing on it (the
+        DP-SGD trainer takes its hooks off)."""
 
     def save_state(self, folder: Path) -> None:
         """Write ``trainer_state.pt`` atomically into ``folder``."""

@@ -22,18 +22,20 @@ from shared_model.config import (
     ModelConfig,
     PrivacyConfig,
     TextTowerConfig,
-    TrainConfig,
     TrainAppConfig,
+    TrainConfig,
 )
 from shared_model.data.dataset import collate
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model, vit_mae
-from shared_model.model.tokens import LearnedToken
 from shared_model.model.feature_centring import FixedCentring
+from shared_model.model.tokens import LearnedToken
 from shared_model.privacy import grad_samplers  # noqa: F401  (registers the LearnedToken rule)
-from shared_model.privacy.dp_trainer import DPSGDTrainer, sum_per_unit
+from shared_model.privacy.clipping import HooksClipper, make_clipper, sum_per_unit
+from shared_model.privacy.dp_trainer import DPSGDTrainer
 from shared_model.privacy.errors import PrivacyConfigError
-from shared_model.privacy.plan import resolve_privacy
+from shared_model.privacy.ghost_clipping import GhostClipper
+from shared_model.privacy.plan import DPPlan, resolve_privacy
 from shared_model.prompts import build_caption
 
 
@@ -63,7 +65,8 @@ class BatchCentring(nn.Module):
 
 LAYERS = {
     "patch embedding": (lambda: PatchEmbed(16, 8, 3, 12), lambda: torch.randn(5, 3, 16, 16)),
-    "attention block": (lambda: Block(12, 2, 2.0, qkv_bias=True, norm_layer=nn.LayerNorm), lambda: torch.randn(5, 7, 12)),
+    "attention block": (lambda: Block(12, 2, 2.0, qkv_bias=True, norm_layer=nn.LayerNorm),
+                        lambda: torch.randn(5, 7, 12)),
     "layer norm": (lambda: nn.LayerNorm(12), lambda: torch.randn(5, 7, 12)),
     "group norm": (lambda: nn.GroupNorm(4, 12), lambda: torch.randn(5, 12)),
     "embedding": (lambda: nn.Embedding(30, 8), lambda: torch.randint(0, 30, (5, 9))),
@@ -124,12 +127,16 @@ DP_LOSS = LossConfig(image_text_variant="bank", image_image=0.0)
 MAE_ONLY = LossConfig(image_text=0.0, image_image=0.0)  # also decomposable, and no pass over the text bank: quick
 
 
-def _dp_trainer(clipping: str, text_layers: int = 0, noise: float = 0.0, loss: LossConfig = DP_LOSS) -> DPSGDTrainer:
+def _plan(clipping: str = "ghost", noise: float = 0.0) -> DPPlan:
     """Eight units sampled at rate 0.5 (expected batch size B = 4), clipping norm C = 0.05."""
+    return DPPlan("image", 8, 0.5, noise, 0.05, 1e-5, "prv", 10.0, clipping)
+
+
+def _dp_trainer(clipping: str, text_layers: int = 0, noise: float = 0.0, loss: LossConfig = DP_LOSS) -> DPSGDTrainer:
     torch.manual_seed(0)
     model = build_model(dataclasses.replace(TINY, text=dataclasses.replace(TINY.text, trainable_layers=text_layers)))
     return DPSGDTrainer(model, EyeCLIPObjective(loss), TrainConfig(steps=1, batch_size=4, warmup_steps=0),
-                        torch.device("cpu"), list(range(8)), 0.5, noise, 0.05, clipping=clipping)
+                        torch.device("cpu"), list(range(8)), _plan(clipping, noise))
 
 
 def _items() -> list[dict]:
@@ -149,24 +156,17 @@ def dp_setup(request):
     return _dp_trainer(request.param), _items()
 
 
-def _summed_clipped(trainer: DPSGDTrainer, objective: EyeCLIPObjective, items: list[dict], units: list[int]) -> torch.Tensor:
+def _summed_clipped(trainer: DPSGDTrainer, objective: EyeCLIPObjective, items: list[dict],
+                    units: list[int]) -> torch.Tensor:
     batch = collate(items)
     torch.manual_seed(0)  # the same dropout masks (trainable text layers) in every pass compared
-    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.dp.zero_grad()
     imgs = batch.model_input(torch.device("cpu"), trainer.model.input_norm)
-    if trainer.clipper is not None:
-        trainer.clipper.reset()
-        with trainer.clipper.weightless():
-            out = trainer.model(imgs, batch.texts)
-    else:
+    with trainer.dp.forward():
         out = trainer.model(imgs, batch.texts)
     objective(trainer.model, out, imgs, batch.label_ids, batch.pair_index, batch.labels).total.backward()
-    if trainer.clipper is not None:
-        trainer.clipper.clip_and_sum(torch.tensor(units), len(items))
-    else:
-        sum_per_unit(trainer.optimizer, torch.tensor(units))
-        trainer.optimizer.clip_and_accumulate()
-    return torch.cat([p.summed_grad.flatten() for p in trainer.optimizer.params])
+    trainer.dp.clipper.clip_and_sum(torch.tensor(units), len(items))
+    return torch.cat([p.summed_grad.flatten() for p in trainer.dp.optimizer.params])
 
 
 def _largest_change(trainer, objective, items, units) -> float:
@@ -183,7 +183,7 @@ def _largest_change(trainer, objective, items, units) -> float:
 def test_dp_objective_sensitivity_is_at_most_c(dp_setup, monkeypatch, units):
     trainer, items = dp_setup
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
-    clip = trainer.optimizer.max_grad_norm
+    clip = trainer.dp.optimizer.max_grad_norm
     assert _largest_change(trainer, trainer.objective, items, units) <= clip * (1 + 1e-4)
 
 
@@ -195,23 +195,96 @@ def test_ghost_clipping_equals_opacus_per_sample_clipping(monkeypatch, units, te
     items = _items()
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
     ghost, hooks = _dp_trainer("ghost", text_layers), _dp_trainer("hooks", text_layers)
-    hooks.optimizer.max_grad_norm = ghost.clipper.max_grad_norm = 0.02  # small enough that every unit is clipped
+    assert isinstance(ghost.dp.clipper, GhostClipper) and isinstance(hooks.dp.clipper, HooksClipper)
+    hooks.dp.optimizer.max_grad_norm = ghost.dp.clipper.max_grad_norm = 0.02  # small enough that every unit is clipped
     expected = _summed_clipped(hooks, hooks.objective, items, units)
     assert torch.allclose(_summed_clipped(ghost, ghost.objective, items, units), expected, rtol=1e-4, atol=1e-7)
 
 
 def test_ghost_clipping_refuses_modules_it_cannot_handle():
-    from shared_model.privacy.ghost_clipping import GhostClipper
-
     with pytest.raises(PrivacyConfigError, match=r"conv \(Conv2d\)"):
         GhostClipper(nn.ModuleDict({"linear": nn.Linear(3, 3), "conv": nn.Conv2d(3, 3, 3, padding=1)}), 1.0)
+
+
+class PatchModel(nn.Module):
+    """Every layer type the ghost clipper handles: patchifying convolution, class token, layer norm, linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.patch = nn.Conv2d(3, 6, 4, stride=4)
+        self.token = LearnedToken(6)
+        self.norm = nn.LayerNorm(6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)  # [N, 4, 6]
+        tokens = torch.cat([self.token(tokens.detach(), count=1), tokens], 1)  # [N, 5, 6]
+        return self.head(self.norm(tokens)).mean(1)
+
+
+def _private_gradient(clipping: str, x: torch.Tensor, units: list[int]) -> torch.Tensor:
+    """p.grad after one noise-free DPStep of ``clipping`` on PatchModel (the same weights every time)."""
+    from shared_model.privacy.dp_step import DPStep
+
+    torch.manual_seed(0)
+    model = PatchModel()
+    plan = dataclasses.replace(_plan(clipping), max_grad_norm=0.01)  # small enough that every unit is clipped
+    dp = DPStep(model, torch.optim.SGD(model.parameters(), lr=0.1), plan, units, torch.device("cpu"))
+    dp.zero_grad()
+    with dp.forward():
+        loss = model(x).pow(2).sum(1).mean()
+    loss.backward()
+    dp.noise(list(range(len(x))))
+    dp.close()
+    return torch.cat([p.grad.flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("units", [list(range(6)), [0, 0, 1, 2, 2, 2]], ids=["image", "patient"])
+def test_the_hooks_and_ghost_clippers_give_the_same_private_gradient(units):
+    x = torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    ghost, hooks = _private_gradient("ghost", x, units), _private_gradient("hooks", x, units)
+    assert ghost.abs().max() > 0 and torch.allclose(ghost, hooks, rtol=1e-4, atol=1e-8)
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(getattr(m, kind)) for m in model.modules()
+               for kind in ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks"))
+
+
+@pytest.mark.parametrize("clipping", ["ghost", "hooks"])
+def test_close_takes_every_hook_off_the_model(clipping):
+    model = build_model(TINY)
+    before = _hook_count(model)
+    trainer = DPSGDTrainer(model, EyeCLIPObjective(DP_LOSS), TrainConfig(steps=1, batch_size=4, warmup_steps=0),
+                           torch.device("cpu"), list(range(8)), _plan(clipping, noise=1.0))
+    assert _hook_count(model) > before
+    trainer.train_step(collate(_items()[:3]))
+    trainer.close()
+    assert _hook_count(model) == before and not hasattr(model, "autograd_grad_sample_hooks")
+    for p in model.parameters():  # nothing per sample or clipped is kept on the parameters
+        assert all(getattr(p, name, None) is None for name in ("summed_grad", "grad_sample", "_current_grad_sample"))
+
+
+def test_ghost_falls_back_to_hooks_for_modules_it_cannot_handle():
+    from opacus.optimizers import DPOptimizer
+
+    def clipper(kind: str, model: nn.Module):
+        return make_clipper(kind, model, DPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=1.0,
+                                                     max_grad_norm=1.0, expected_batch_size=4))
+
+    padded = nn.Sequential(nn.Conv2d(3, 3, 3, padding=1), nn.Flatten(), nn.Linear(12, 2))
+    assert isinstance(clipper("ghost", PatchModel()), GhostClipper)
+    assert isinstance(clipper("ghost", padded), HooksClipper)
+    assert isinstance(clipper("hooks", PatchModel()), HooksClipper)
+    with pytest.raises(ValueError, match="clipping must be one of"):
+        clipper("exact", PatchModel())
 
 
 def test_in_batch_infonce_violates_the_sensitivity_bound(dp_setup, monkeypatch):
     trainer, items = dp_setup
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
     coupled = EyeCLIPObjective(LossConfig(image_text_variant="clip", image_image=0.0, mae=0.01))
-    assert _largest_change(trainer, coupled, items, list(range(8))) > 1.05 * trainer.optimizer.max_grad_norm
+    assert _largest_change(trainer, coupled, items, list(range(8))) > 1.05 * trainer.dp.optimizer.max_grad_norm
 
 
 # --- our trainer's clipping and noise --------------------------------------------------------
@@ -227,9 +300,9 @@ def test_a_unit_above_c_adds_exactly_c_to_the_clipped_sum(ghost, monkeypatch):
     the unit's raw norm (positive control: clipping acted)."""
     monkeypatch.setattr(vit_mae, "random_masking", _coupled_masking)
     items = _items()[:2]
-    monkeypatch.setattr(ghost.clipper, "max_grad_norm", 1e6)
+    monkeypatch.setattr(ghost.dp.clipper, "max_grad_norm", 1e6)
     raw = float(_summed_clipped(ghost, ghost.objective, items, [0, 0]).norm())
-    monkeypatch.setattr(ghost.clipper, "max_grad_norm", 0.05)
+    monkeypatch.setattr(ghost.dp.clipper, "max_grad_norm", 0.05)
     clipped = float(_summed_clipped(ghost, ghost.objective, items, [0, 0]).norm())
     assert raw > 10 * 0.05 and clipped == pytest.approx(0.05, rel=1e-4)
 
@@ -242,7 +315,7 @@ def test_our_dp_step_adds_noise_of_std_sigma_c_over_the_expected_batch_size(ghos
     σC/B·√100k) both give a std of σC/B within 2 % (over 100k parameters the sampling error of
     the std is 0.2 %; dividing by the 8 images drawn would halve it)."""
     ghost.train_step(collate(_items()[:images]))
-    grads = torch.cat([p.grad.flatten() for p in ghost.optimizer.params])
+    grads = torch.cat([p.grad.flatten() for p in ghost.dp.optimizer.params])
     assert len(grads) > 50_000
     assert float(grads.std()) == pytest.approx(1.5 * 0.05 / 4, rel=0.02)
 
@@ -274,7 +347,7 @@ def test_dp_sgd_turns_on_the_model_fixes_and_they_remove_batch_statistics():
 def test_trainer_refuses_a_coupled_objective():
     model = build_model(TINY)
     with pytest.raises(PrivacyConfigError, match="per-example decomposable"):
-        DPSGDTrainer(model, EyeCLIPObjective(LossConfig()), TrainConfig(), torch.device("cpu"), [0, 1], 0.5, 1.0, 1.0)
+        DPSGDTrainer(model, EyeCLIPObjective(LossConfig()), TrainConfig(), torch.device("cpu"), [0, 1], _plan())
 
 
 @pytest.mark.parametrize("units", [[5, 3, 9, 1], [4, 7, 4, 4, 2, 7]], ids=["distinct", "repeated"])
