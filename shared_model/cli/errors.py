@@ -3,9 +3,8 @@ clear line on stderr and exit status 2, instead of a traceback."""
 
 from __future__ import annotations
 
-import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 from rich.console import Console
@@ -25,7 +24,8 @@ def _folded(text: str) -> str:
 def error_line(exc: BaseException) -> str:
     """The one-line message of a user error. OmegaConf's report (message, then ``full_key`` and
     type lines) becomes ``KEY: message``; Hydra's (a failed override with OmegaConf's error as its
-    cause, an unknown config group option with the available ones) is folded around it."""
+    cause, a config file's bad key with it as its context, an unknown config group option with the
+    available ones) is folded around it."""
     from hydra.errors import HydraException, MissingConfigException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -35,7 +35,11 @@ def error_line(exc: BaseException) -> str:
     if isinstance(exc, MissingConfigException) and exc.options:
         return f"{_first_line(exc)}; available options: {', '.join(exc.options)}"
     if isinstance(exc, HydraException):
-        return f"{error_line(exc.__cause__)} ({_folded(str(exc))})" if exc.__cause__ else _folded(str(exc))
+        if exc.__cause__:
+            return f"{error_line(exc.__cause__)} ({_folded(str(exc))})"
+        if isinstance(exc.__context__, OmegaConfBaseException):  # a bad key or value in a config file itself
+            return f"{error_line(exc.__context__)} ({_first_line(exc).rstrip(':')})"
+        return _folded(str(exc))
     return str(exc)
 
 
@@ -57,12 +61,3 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
             HydraException, OmegaConfBaseException, *extra) as exc:
         Console(stderr=True).print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
-
-
-def hydra_cli(entry: Callable[[], None]) -> None:
-    """Run a ``@hydra.main`` entry point so that its composition errors (unknown key, wrong type,
-    unknown config group option) reach :func:`user_errors` as one line and exit status 2, instead
-    of Hydra's multi-line report (``HYDRA_FULL_ERROR`` makes Hydra raise them)."""
-    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
-    with user_errors():
-        entry()

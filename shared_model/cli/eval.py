@@ -3,30 +3,28 @@
 Example: ``retina-eval checkpoint=runs/train/checkpoint eval=real out_dir=runs/eval-real``.
 """
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from __future__ import annotations
+
+import argparse
+
 from rich.console import Console
 
-from shared_model.cli.errors import hydra_cli, user_errors
-from shared_model.conf import register_configs
-
-register_configs()
+from shared_model.cli.errors import user_errors
+from shared_model.conf import compose_app
 
 
-@hydra.main(config_path="pkg://shared_model.conf", config_name="eval", version_base="1.3")
-def run(cfg: DictConfig) -> None:
-    """Compose the config, evaluate, print the table."""
+def main(argv: list[str] | None = None) -> None:
+    """Compose the config, evaluate, print the table; config and input errors in one line."""
+    parser = argparse.ArgumentParser(prog="retina-eval", description="RetinaFL common evaluator")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the eval config, e.g. checkpoint=DIR")
+    args = parser.parse_args(argv)
     from shared_model.eval.evaluate import run_evaluation
     from shared_model.eval.report import render_table
 
     with user_errors():
-        results = run_evaluation(OmegaConf.to_object(cfg))
+        cfg = compose_app("eval", args.overrides, console_logging=True)
+        results = run_evaluation(cfg)
     Console().print(render_table(results, title=f"evaluation — {cfg.checkpoint}"))
-
-
-def main() -> None:
-    """The console script: :func:`run`, with config errors reported in one line."""
-    hydra_cli(run)
 
 
 if __name__ == "__main__":

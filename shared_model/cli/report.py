@@ -14,7 +14,8 @@ from shared_model.cli.errors import user_errors
 def main(argv: list[str] | None = None) -> None:
     """Write each folder's report and print its path."""
     parser = argparse.ArgumentParser(prog="retina-report", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dirs", nargs="+", type=Path, help="run folders (centralized, federated, generator, corpus)")
+    parser.add_argument("run_dirs", nargs="+", type=Path,
+                        help="run folders (centralized, federated, generator, corpus)")
     args = parser.parse_args(argv)
     from shared_model.reporting.run_report import write_run_report
 

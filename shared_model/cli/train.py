@@ -3,30 +3,28 @@
 Example: ``retina-train model=small train.steps=2000 run_dir=runs/small``.
 """
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+from __future__ import annotations
+
+import argparse
+
 from rich.console import Console
 
-from shared_model.cli.errors import hydra_cli, user_errors
-from shared_model.conf import register_configs
-
-register_configs()
+from shared_model.cli.errors import user_errors
+from shared_model.conf import compose_app
 
 
-@hydra.main(config_path="pkg://shared_model.conf", config_name="train", version_base="1.3")
-def run(cfg: DictConfig) -> None:
-    """Compose the config, run training, print the evaluation table."""
+def main(argv: list[str] | None = None) -> None:
+    """Compose the config, run training, print the evaluation table; config and input errors in one line."""
+    parser = argparse.ArgumentParser(prog="retina-train", description="RetinaFL centralized training")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model=small")
+    args = parser.parse_args(argv)
     from shared_model.eval.report import render_table
     from shared_model.train.centralized import run_training
 
     with user_errors():
-        results = run_training(OmegaConf.to_object(cfg))
+        cfg = compose_app("train", args.overrides, console_logging=True)
+        results = run_training(cfg)
     Console().print(render_table(results, title=f"zero-shot evaluation — {cfg.run_dir}"))
-
-
-def main() -> None:
-    """The console script: :func:`run`, with config errors reported in one line."""
-    hydra_cli(run)
 
 
 if __name__ == "__main__":

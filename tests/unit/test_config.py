@@ -10,9 +10,9 @@ import pytest
 from hydra.errors import ConfigCompositionException
 from omegaconf.errors import ConfigKeyError, ValidationError
 
+from shared_model.conf import compose_app
 from shared_model.config import EvalAppConfig, TrainAppConfig
 from shared_model.model import build_model
-from shared_model.conf import compose_app
 
 PRESETS = {"tiny": (64, 192), "small": (128, 384), "base": (224, 768), "resnet50": (224, None),
            "efficientnet_lite0": (128, None)}
@@ -86,7 +86,7 @@ STRATEGIES = ["fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedme
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_every_strategy_composes_and_builds(strategy):
-    from server.strategy_registry import build_strategy
+    from server.aggregation import build_strategy
     from shared_model.config import FederationAppConfig
 
     cfg = compose_app("federation", [f"strategy={strategy}", "federation.min_sites=3"])
@@ -104,7 +104,7 @@ def test_federated_demo_experiment():
 
 
 def test_unknown_strategy_is_refused():
-    from server.strategy_registry import build_strategy
+    from server.aggregation import build_strategy
     from shared_model.config import FederationConfig, StrategyConfig
 
     with pytest.raises(ValueError, match="fedsgd"):
@@ -169,7 +169,8 @@ BIN = Path(sys.executable).parent
 
 @pytest.mark.parametrize("command, line", [
     (["retina-train", "train.stepz=1"], "error: train.stepz: Key 'stepz' not in 'TrainConfig' "
-                                        "(Could not override 'train.stepz'; To append to your config use +train.stepz=1)"),
+                                        "(Could not override 'train.stepz'; "
+                                        "To append to your config use +train.stepz=1)"),
     (["retina-train", "model=nope"], "error: In 'train': Could not find 'model/nope'; "
                                      "available options: base, efficientnet_lite0, resnet50, small, tiny"),
     (["retina-sim", "federation.rounds=-1"], "error: federation.rounds=-1 is out of range: it must be >= 1"),
@@ -186,13 +187,44 @@ def test_console_scripts_report_config_errors_in_one_line(command, line, tmp_pat
     assert (result.returncode, result.stderr.strip()) == (2, line)
 
 
-def test_a_merge_error_of_a_saved_config_is_one_line(capsys):
-    """``--resume`` / ``--generator`` merge a saved config with overrides: OmegaConf's own errors."""
+def _saved(tmp_path: Path, app: str, overrides: list[str]) -> Path:
+    """A run folder's ``config.yaml``, written as the runs write it."""
     from omegaconf import OmegaConf
 
+    saved = tmp_path / "config.yaml"
+    saved.write_text(OmegaConf.to_yaml(OmegaConf.structured(compose_app(app, overrides))))
+    return saved
+
+
+def test_a_saved_config_is_the_base_of_its_overrides(tmp_path):
+    """``--resume`` / ``--generator``: the saved values, not the packaged defaults, then the overrides."""
+    saved = _saved(tmp_path, "federation", ["model=small", "strategy=fedprox", "federation.rounds=7"])
+    cfg = compose_app("federation", ["federation.rounds=9"], saved=saved)
+    assert (cfg.model.name, cfg.strategy.name, cfg.federation.rounds) == ("small", "fedprox", 9)
+    assert cfg == compose_app("federation", ["model=small", "strategy=fedprox", "federation.rounds=9"])
+
+
+@pytest.mark.parametrize("override, line", [
+    ("train.steps=abc", "train.steps: Value 'abc' of type 'str' could not be converted to Integer "
+                        "(Error merging override train.steps=abc)"),
+    ("strategy=fedavg", "Could not override 'strategy'. No match in the defaults list; "
+                        "To append to your default list use +strategy=fedavg"),
+])
+def test_an_override_of_a_saved_config_fails_as_over_the_packaged_one(override, line, tmp_path, capsys):
+    """Bad values fail with the same line as on a fresh composition; a group option is refused
+    rather than silently lost under the saved values."""
     from shared_model.cli.errors import user_errors
 
     with pytest.raises(SystemExit) as info, user_errors():
-        OmegaConf.merge(OmegaConf.structured(TrainAppConfig), OmegaConf.from_dotlist(["train.steps=abc"]))
+        compose_app("federation", [override], saved=_saved(tmp_path, "federation", []))
     assert info.value.code == 2
-    assert capsys.readouterr().err.strip() == "error: train.steps: Value 'abc' of type 'str' could not be converted to Integer"
+    assert capsys.readouterr().err.strip() == f"error: {line}"
+
+
+def test_a_saved_config_with_a_key_its_schema_lacks_is_refused_naming_the_key(tmp_path):
+    from shared_model.cli.errors import error_line
+
+    with pytest.raises(ConfigCompositionException) as info:
+        compose_app("synth", [], saved=_saved(tmp_path, "federation", []))  # a federated run is no generator folder
+    assert error_line(info.value) == ("phantom: Key 'phantom' not in 'SynthAppConfig' "
+                                      "(In 'saved_synth': ConfigKeyError raised while composing config)")

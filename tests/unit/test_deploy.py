@@ -103,13 +103,13 @@ def test_lock_pins_every_dependency_inside_the_pyproject_ranges():
 
 
 def test_example_consortium_config_composes():
-    from server.server_cli import compose_run_config
+    from shared_model.conf import compose_app
 
-    cfg = compose_run_config(["+experiment=consortium"], None, DEPLOY / "config" / "coordinator")
+    cfg = compose_app("federation", ["+experiment=consortium"], config_dir=DEPLOY / "config" / "coordinator")
     assert (cfg.model.name, cfg.strategy.name, cfg.federation.rounds) == ("small", "fedprox", 20)
     assert cfg.eval.sets[0].path == "/eval/manifest.csv" and cfg.report.tensorboard
     with pytest.raises(FileNotFoundError, match="no such folder"):
-        compose_run_config([], None, DEPLOY / "nowhere")
+        compose_app("federation", [], config_dir=DEPLOY / "nowhere")
 
 
 @pytest.mark.parametrize("script", ["coordinator.sh", "site.sh"])
