@@ -14,7 +14,8 @@ from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
 from bench.common import Row, check, median_seconds
-from server.aggregation import array_view, weighted_mean
+from server.streaming_mean import array_view, weighted_mean
+from shared_model import wire
 from shared_model.conf import compose_app
 from shared_model.model import build_model
 from shared_model.model.exchange import exchanged_state_dict
@@ -58,16 +59,18 @@ def measure(quick: bool) -> list[Row]:
                             f"needs {k * size / 2 ** 30:.1f} GiB of updates in memory", float("nan"), TARGET, None,
                             "more than this machine's free memory allows"))
             continue
-        records = [RecordDict({"arrays": ArrayRecord({name: Array(a + rng.standard_normal(1, dtype=np.float32))
+        records = [RecordDict({wire.ARRAYS: ArrayRecord({name: Array(a + rng.standard_normal(1, dtype=np.float32))
                                                       for name, a in update.items()}),
-                               "metrics": MetricRecord({"num-examples": int(rng.integers(50, 500))})})
+                               wire.METRICS: MetricRecord({wire.NUM_EXAMPLES: int(rng.integers(50, 500))})})
                    for _ in range(k)]
         repeats = 2 if quick else 3
-        floor = median_seconds(lambda: read_once(records), torch.device("cpu"), repeats)
+        floor = median_seconds(lambda records=records: read_once(records), torch.device("cpu"), repeats)
         # The strategy keeps its running sums from round to round; the repeats are rounds.
         ours = functools.partial(weighted_mean, buffers={})
-        for name, fn in (("ours (server/aggregation.py)", ours), ("Flower's aggregate_arrayrecords", aggregate_arrayrecords)):
-            seconds = median_seconds(lambda: fn(records, "num-examples"), torch.device("cpu"), repeats)
+        for name, fn in (("ours (server/streaming_mean.py)", ours),
+                         ("Flower's aggregate_arrayrecords", aggregate_arrayrecords)):
+            seconds = median_seconds(lambda fn=fn, records=records: fn(records, wire.NUM_EXAMPLES), torch.device("cpu"),
+                                     repeats)
             ratio = seconds / floor
             rows.append(Row("aggregation", f"FedAvg, K = {k}, {size / 2 ** 20:.0f} MiB per update: {name}",
                             f"{seconds:.3f} s ({k * size / seconds / 2 ** 30:.1f} GiB/s)",

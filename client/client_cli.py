@@ -38,7 +38,7 @@ def _check(args: argparse.Namespace) -> int:
     import torch
 
     from shared_model.data.manifest import load_manifest, unreadable_images
-    from shared_model.train.trainer import resolve_device
+    from shared_model.runtime import resolve_device
 
     console = Console()
     manifest = load_manifest(args.manifest)
@@ -46,14 +46,16 @@ def _check(args: argparse.Namespace) -> int:
     splits = Counter(r.split for r in manifest.records)
     modalities = Counter(r.modality for r in manifest.records)
     labels = Counter(label for r in manifest.records for label in r.labels)
-    console.print(f"{args.manifest}: {len(manifest.records)} rows, {len({r.patient_id for r in manifest.records})} patients; "
+    console.print(f"{args.manifest}: {len(manifest.records)} rows, "
+                  f"{len({r.patient_id for r in manifest.records})} patients; "
                   f"splits {dict(splits)}; modalities {dict(modalities)}", highlight=False, soft_wrap=True)
     console.print(f"labels: {dict(labels.most_common())}", highlight=False, soft_wrap=True)
     device = resolve_device(args.device)
     detail = ""
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        detail = f" ({props.name}, {props.total_memory / 2 ** 30:.0f} GiB, bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'})"
+        detail = (f" ({props.name}, {props.total_memory / 2 ** 30:.0f} GiB, "
+                  f"bf16 {'yes' if torch.cuda.is_bf16_supported() else 'no'})")
     console.print(f"device: {device}{detail}", highlight=False)
     for reason in unreadable:
         console.print(f"[red]unreadable: {reason}[/red]", highlight=False)
@@ -102,16 +104,17 @@ def clientapp_port(requested: int | None) -> int:
         try:
             sock.bind(("127.0.0.1", requested or 0))
         except OSError as exc:
-            raise ValueError(f"--port {requested}: the SuperNode's ClientApp port is in use on this host ({exc.strerror}; "
-                             "another site?). Give another --port, or leave it out to take a free one") from exc
+            raise ValueError(f"--port {requested}: the SuperNode's ClientApp port is in use on this host "
+                             f"({exc.strerror}; another site?). "
+                             "Give another --port, or leave it out to take a free one") from exc
         return sock.getsockname()[1]
 
 
 # Flower's words for a refusal -> the cause and the fix, in one sentence.
 REFUSALS = (
     ("Failed to activate SuperNode", "the SuperLink refused this site's key: either it is not registered (the "
-     "coordinator registers site.pub with: retina-server pki add-site NAME --public-key site.pub --superlink HOST:PORT) "
-     "or a SuperNode with this key is already online (stop the other one)"),
+     "coordinator registers site.pub with: retina-server pki add-site NAME --public-key site.pub "
+     "--superlink HOST:PORT) or a SuperNode with this key is already online (stop the other one)"),
     ("CERTIFICATE_VERIFY_FAILED", "the coordinator's TLS certificate is not signed by the CA given with "
      "--root-certificates: use the ca.crt of this federation's bundle"),
     ("SuperLink is unavailable", "the coordinator's SuperLink cannot be reached: check --server (host and port) "

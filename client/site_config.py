@@ -8,7 +8,7 @@ from pathlib import Path
 
 from shared_model.config import FederationAppConfig
 from shared_model.data.sites import simulated_site_manifests
-from client.site_training import Site
+from shared_model.federated.site import Site
 
 NODE_KEYS = ("site-name", "manifest", "state-dir", "device")
 

@@ -1,99 +1,60 @@
-"""FedAvg's weighted mean of site updates (McMahan et al. 2017) at the speed of reading them.
-Flower's ``aggregate_arrayrecords`` decodes every array into a new buffer (``np.load``),
-multiplies it into another and adds that into the running sum: several trips through memory per
-update, and ``np.save`` copies the result twice more into the reply's bytes. Here every array is
-read in place from the reply's .npy bytes (header parsed, never unpickled) and added with one
-fused multiply-add per update (torch's ``add_(x, alpha=w)``, every core) into a running sum
-kept from round to round, copied once into the aggregate's .npy bytes (``bench/aggregation.py``
-measures both against the time to read the updates once).
+"""How a round's accepted updates become the next global model: the one home of aggregation.
 
-``StreamingFedAvg`` and ``StreamingFedProx`` are Flower's strategies with this aggregation;
-everything else (sampling, configuration, metric aggregation) is Flower's."""
+:class:`Aggregation` is built once per run from the config. It holds the Flower strategy chosen
+by name — FedAvg and FedProx averaging with :mod:`server.streaming_mean`; FedAdam, FedYogi,
+FedTrimmedAvg, FedMedian and Krum as Flower has them — wrapped, for client-level DP, in Flower's
+server-side clipping (:mod:`server.central_dp`), and the run's update encoding. Each round,
+:meth:`Aggregation.decode` turns bf16 deltas back into weights before they are screened, and
+:meth:`Aggregation.aggregate` makes the aggregate from the accepted replies: the strategy's, or
+under SecAgg+ the global weights plus the securely summed mean delta; always in the global
+model's dtypes. The strategy's round-to-round state (FedAdam/FedYogi moments) is checkpointed
+with every round through :meth:`Aggregation.state` and :meth:`Aggregation.restore`.
+
+The config names a registry entry, never an import path: whoever submits a run cannot make the
+coordinator import arbitrary code.
+"""
 
 from __future__ import annotations
 
-import io
-import warnings
-from collections.abc import Iterable
+from collections.abc import Sequence
 
 import numpy as np
-import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.serverapp.strategy import FedAdam, FedMedian, FedTrimmedAvg, FedYogi, Krum, Strategy
+
+from server.central_dp import wrap_central_dp
+from server.streaming_mean import StreamingFedAvg, StreamingFedProx
+from server.update_screen import names_mismatch
+from shared_model import wire
+from shared_model.config import FederationAppConfig, FederationConfig, StrategyConfig
+from shared_model.model.update_codec import decode_bf16_delta
+
+STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian", "krum")
+# Attributes of Flower's FedOpt family that carry state from round to round.
+STATE_ATTRIBUTES = ("m_t", "v_t")
 
 
-def array_view(array: Array) -> np.ndarray:
-    """A read-only NumPy view of a Flower ``Array``'s .npy bytes (no copy, no pickle)."""
-    stream = io.BytesIO(array.data)
-    major, _ = np.lib.format.read_magic(stream)
-    read_header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(stream)
-    if dtype.hasobject:
-        raise ValueError("an update array holds Python objects: refused")
-    flat = np.frombuffer(array.data, dtype=dtype, offset=stream.tell(), count=int(np.prod(shape)))
-    return flat.reshape(shape, order="F" if fortran else "C")
-
-
-def _tensor(view: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():  # the view is read-only and is only ever read
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(view)
-
-
-def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(header, {"descr": np.lib.format.dtype_to_descr(dtype),
-                                                  "fortran_order": False, "shape": shape})
-    return header.getvalue()
-
-
-def weighted_mean(contents: list[RecordDict], weight_key: str,
-                  buffers: dict[str, np.ndarray] | None = None) -> ArrayRecord:
-    """The mean of the replies' ArrayRecords weighted by their ``weight_key`` metric (what Flower's
-    ``aggregate_arrayrecords`` computes; float arrays keep their dtype, others become float64).
-    ``buffers`` keeps the running sums from round to round: memory already mapped is faster."""
-    weights = [float(next(iter(c.metric_records.values()))[weight_key]) for c in contents]
-    total = sum(weights)
-    weights = [w / total for w in weights]
-    records = [next(iter(c.array_records.values())) for c in contents]
-    buffers = {} if buffers is None else buffers
-    mean = {}
-    for key in records[0]:
-        views = [array_view(record[key]) for record in records]
-        if not np.issubdtype(views[0].dtype, np.floating):
-            views = [v.astype(np.float64) for v in views]
-        out = buffers.get(key)
-        if out is None or out.shape != views[0].shape or out.dtype != views[0].dtype:
-            out = buffers[key] = np.empty(views[0].shape, views[0].dtype)
-        acc = torch.from_numpy(out)
-        torch.mul(_tensor(views[0]), weights[0], out=acc)
-        for view, weight in zip(views[1:], weights[1:]):
-            acc.add_(_tensor(view), alpha=weight)
-        data = b"".join((_npy_header(out.shape, out.dtype), memoryview(out.reshape(-1).view(np.uint8))))
-        mean[key] = Array(dtype=str(out.dtype), shape=tuple(out.shape), stype="numpy.ndarray", data=data)
-    return ArrayRecord(mean)
-
-
-class _StreamingMean:
-    """``aggregate_train`` of Flower's FedAvg with :func:`weighted_mean` for the arrays."""
-
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None,
-                                                                                      MetricRecord | None]:
-        valid, _ = self._check_and_log_replies(replies, is_train=True)
-        if not valid:
-            return None, None
-        contents = [msg.content for msg in valid]
-        buffers = self.__dict__.setdefault("_sum_buffers", {})
-        return (weighted_mean(contents, self.weighted_by_key, buffers),
-                self.train_metrics_aggr_fn(contents, self.weighted_by_key))
-
-
-class StreamingFedAvg(_StreamingMean, FedAvg):
-    """Flower's FedAvg, aggregating with :func:`weighted_mean`."""
-
-
-class StreamingFedProx(_StreamingMean, FedProx):
-    """Flower's FedProx, aggregating with :func:`weighted_mean`."""
+def build_strategy(cfg: StrategyConfig, fed: FederationConfig, weighted_by_key: str = wire.NUM_EXAMPLES) -> Strategy:
+    """The configured Flower strategy, with the federation's quorum as its minimum node counts;
+    replies are weighted by their ``weighted_by_key`` metric."""
+    common = {"fraction_train": cfg.fraction_train, "fraction_evaluate": cfg.fraction_evaluate,
+              "min_train_nodes": fed.min_sites, "min_evaluate_nodes": 1 if cfg.fraction_evaluate > 0 else 0,
+              "min_available_nodes": fed.min_available, "weighted_by_key": weighted_by_key,
+              "train_metrics_aggr_fn": mean_of_reported}
+    server_opt = {"eta": cfg.server_lr, "eta_l": cfg.server_lr_local, "beta_1": cfg.beta_1, "beta_2": cfg.beta_2,
+                  "tau": cfg.tau}
+    builders = {
+        "fedavg": lambda: StreamingFedAvg(**common),
+        "fedprox": lambda: StreamingFedProx(**common, proximal_mu=cfg.proximal_mu),
+        "fedadam": lambda: FedAdam(**common, **server_opt),
+        "fedyogi": lambda: FedYogi(**common, **server_opt),
+        "fedtrimmedavg": lambda: FedTrimmedAvg(**common, beta=cfg.trim_fraction),
+        "fedmedian": lambda: FedMedian(**common),
+        "krum": lambda: Krum(**common, num_malicious_nodes=cfg.byzantine_sites),
+    }
+    if cfg.name not in builders:
+        raise ValueError(f"strategy.name={cfg.name!r} is not one of {', '.join(STRATEGIES)}")
+    return builders[cfg.name]()
 
 
 def mean_of_reported(records: list[RecordDict], weighting_metric_name: str) -> MetricRecord:
@@ -111,3 +72,86 @@ def mean_of_reported(records: list[RecordDict], weighting_metric_name: str) -> M
             sums[key] = sums.get(key, 0.0) + weight * float(value)
             weights[key] = weights.get(key, 0.0) + weight
     return MetricRecord({key: sums[key] / weights[key] for key in sums if weights[key] > 0})
+
+
+def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
+    """``arrays`` in the dtypes of ``reference``: server optimizers (FedAdam, FedYogi) compute in
+    float64, but the global model — what is checkpointed and sent — stays in its own dtype, so a
+    resumed run continues from exactly what an uninterrupted one holds."""
+    return ArrayRecord({k: Array(v.numpy().astype(reference[k].dtype, copy=False)) for k, v in arrays.items()})
+
+
+def decode_bf16_updates(replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], dict[int, str]]:
+    """Turn bf16-delta updates back into weights over ``global_arrays`` (in place); returns the
+    replies to screen and, by reply ``id``, why the others' update does not decode."""
+    kept, reasons = [], {}
+    reference = {key: array.numpy() for key, array in global_arrays.items()}
+    for msg in replies:
+        if msg.has_error() or wire.ARRAYS not in msg.content.array_records:
+            kept.append(msg)
+            continue
+        arrays = msg.content[wire.ARRAYS]
+        try:
+            names = names_mismatch(arrays.keys(), reference)
+            if names:
+                raise ValueError(names)
+            decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
+        except (ValueError, TypeError) as exc:
+            reasons[id(msg)] = f"update is not a bf16 delta of the global model ({exc}); rejected"
+            continue
+        msg.content[wire.ARRAYS] = ArrayRecord({key: Array(value) for key, value in decoded.items()})
+        kept.append(msg)
+    return kept, reasons
+
+
+class Aggregation:
+    """A run's aggregation rule: strategy (with central DP), update encoding, SecAgg+ or not."""
+
+    def __init__(self, cfg: FederationAppConfig):
+        central = cfg.privacy.central != "none"
+        self.weight_key = wire.SITE_WEIGHT if central else wire.NUM_EXAMPLES
+        self._inner = build_strategy(cfg.strategy, cfg.federation, self.weight_key)
+        # What samples, configures and aggregates; its state lives in the inner strategy.
+        self.strategy = wrap_central_dp(self._inner, cfg.privacy, cfg.federation) if central else self._inner
+        self.encoding = cfg.federation.update_encoding
+        self.secagg = cfg.secagg  # SecAgg+: the sites' updates arrive only as a securely summed mean
+
+    def decode(self, replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], dict[int, str]]:
+        """Updates as weights of the global model, ready to be screened: bf16 deltas are decoded
+        (see :func:`decode_bf16_updates`); fp32 weights and SecAgg+'s masked vectors pass as they are."""
+        if self.encoding == "bf16-delta" and not self.secagg.enabled:
+            return decode_bf16_updates(replies, global_arrays)
+        return replies, {}
+
+    def aggregate(self, server_round: int, accepted: list[Message], global_arrays: ArrayRecord,
+                  secure_mean: Sequence[np.ndarray] | None = None) -> tuple[ArrayRecord | None, dict]:
+        """The next global weights (None if the strategy made none) and the replies' aggregated
+        metrics. Under SecAgg+ ``secure_mean`` is the unmasked mean delta of the accepted sites."""
+        if self.secagg.enabled:
+            aggregate = ArrayRecord({key: Array(np.asarray(array.numpy().astype(np.float64) + delta,
+                                                           dtype=array.dtype))
+                                     for (key, array), delta in zip(global_arrays.items(), secure_mean, strict=True)})
+            metrics = self._inner.train_metrics_aggr_fn([m.content for m in accepted], self.weight_key)
+        else:
+            aggregate, metrics = self.strategy.aggregate_train(server_round, accepted)
+        return (None if aggregate is None else cast_like(aggregate, global_arrays)), dict(metrics or {})
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Round-to-round state of the strategy as ``{"m_t/<weight name>": array, ...}`` (empty for
+        stateless strategies such as FedAvg)."""
+        state = {}
+        for attr in STATE_ATTRIBUTES:
+            for name, value in (getattr(self._inner, attr, None) or {}).items():
+                state[f"{attr}/{name}"] = np.array(value, order="C")  # ascontiguousarray makes 0-d arrays 1-d
+        return state
+
+    def restore(self, state: dict[str, np.ndarray]) -> None:
+        """Put back what :meth:`state` returned; refuses state the strategy does not hold."""
+        grouped: dict[str, dict[str, np.ndarray]] = {}
+        for key, value in state.items():
+            attr, _, name = key.partition("/")
+            if attr not in STATE_ATTRIBUTES or not hasattr(self._inner, attr):
+                raise ValueError(f"strategy state key {key!r} does not belong to {type(self._inner).__name__}")
+            grouped.setdefault(attr, {})[name] = value
+        for attr, values in grouped.items():
+            setattr(self._inner, attr, values)

@@ -20,14 +20,15 @@ from flwr.serverapp.strategy import (
 from flwr.supercore.privacy_accounting import (
     GaussianPrivacyEvent,
     NeighboringRelation,
-    PrivacyConfig as AccountingConfig,
     SamplingMethod,
+)
+from flwr.supercore.privacy_accounting import (
+    PrivacyConfig as AccountingConfig,
 )
 from flwr.supercore.privacy_accounting.rdp_accountant import RdpAccountant
 
 from shared_model.config import FederationConfig, PrivacyConfig
 
-SITE_WEIGHT_KEY = "site-weight"  # every site reports 1.0: the equal weights client-level DP needs
 DEFAULT_CENTRAL_DELTA = 1e-5
 
 

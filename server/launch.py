@@ -18,19 +18,31 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from server.compatibility import check_federation
+from server.flower_app_folder import write_flower_app
+from server.flower_runtime import (
+    LOCAL_ADDRESS,
+    Connection,
+    FlowerRunError,
+    control_client,
+    explain_refusal,
+    run_logs,
+    run_status,
+    stop_run,
+    submit_run,
+    wait_for_run,
+    write_connections,
+)
+from server.round_checkpoint import latest_round, scan_rounds
+from server.round_log import round_row, site_summary, sites_summary
+from server.run_lock import RUN_LOCK, LaunchLock, RunFolderBusy, describe, is_held, read_launch, wait_until_released
+from shared_model import wire
+from shared_model.atomic_files import write_text_atomic
 from shared_model.config import FederationAppConfig
-from shared_model.privacy.plan import resolve_privacy
+from shared_model.offline_env import offline_env
 from shared_model.reporting.metrics_log import read_metrics
 from shared_model.run_folder import check_run_folder
 from shared_model.train.centralized import write_resolved_config
-from server.federation import round_row, site_summary, sites_summary
-from shared_model.atomic_files import write_text_atomic
-from shared_model.offline_env import offline_env
-from server.flower_app import write_flower_app
-from server.flower_runtime import (LOCAL_ADDRESS, Connection, FlowerRunError, control_client, explain_refusal,
-                                   run_logs, run_status, stop_run, submit_run, wait_for_run, write_connections)
-from server.round_checkpoint import latest_round, scan_rounds
-from server.run_lock import RUN_LOCK, LaunchLock, RunFolderBusy, describe, is_held, read_launch, wait_until_released
 
 STOP_TIMEOUT = 120.0  # seconds a stopped run's ServerApp gets to let go of the run folder
 
@@ -73,7 +85,7 @@ def round_table(records: list[dict]) -> Table:
         evals = r.get("server_eval") or {}
         aca = "\n".join(f"{v['aca']:.3f}" if len(evals) == 1 else f"{task} {v['aca']:.3f}" for task, v in evals.items())
         sites = "\n".join(f"{name} {site_summary(m)}" for name, m in r["sites"].items())
-        fed = r.get("federated_eval", {}).get("zero-shot-aca")
+        fed = r.get("federated_eval", {}).get(wire.ZERO_SHOT_ACA)
         seconds = "–" if r.get("seconds") is None else f"{r['seconds']:.0f}"
         table.add_row(str(r["round"]), sites or "–", aca or "–", "–" if fed is None else f"{fed:.3f}",
                       seconds, f"{(r['bytes_sent'] + r['bytes_received']) / 2 ** 20:.0f}")
@@ -208,7 +220,7 @@ def launch_run(cfg: FederationAppConfig, launch: Launch, console: Console | None
     connection = launch.connection
     transport = ("simulation (one machine, no network)" if connection.address == LOCAL_ADDRESS
                  else "insecure (no TLS)" if connection.insecure else "TLS")
-    cfg = resolve_privacy(replace(cfg, federation=replace(cfg.federation, transport=transport)))
+    cfg = check_federation(replace(cfg, federation=replace(cfg.federation, transport=transport)))
     run_dir = Path(cfg.run_dir)
     home = run_dir / "flwr-home"
     check_run_folder(run_dir, 0)  # writable; the ServerApp checks the space its checkpoints need

@@ -63,7 +63,7 @@ def init_pki(folder: Path, hosts: list[str], days: int = 825, name: str = "Retin
                        "federation's keys (choose another folder or remove them deliberately)")
     if not hosts:
         raise PKIError("pki init needs at least one --host (a name or IP address sites dial)")
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     ca_key = ec.generate_private_key(CURVE())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} CA")])
     ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
@@ -109,7 +109,8 @@ def add_site(folder: Path, name: str) -> tuple[Path, Path]:
         raise PKIError(f"{target}: site {name!r} already has keys; refusing to overwrite them")
     target.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(CURVE())
-    _write_secret(target / "site.key", key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+    _write_secret(target / "site.key", key.private_bytes(serialization.Encoding.PEM,
+                                                         serialization.PrivateFormat.OpenSSH,
                                                          serialization.NoEncryption()))
     public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
     (target / "site.pub").write_bytes(public + f" {name}\n".encode())

@@ -46,7 +46,8 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
     p, rounds = cfg.privacy, privacy.get("rounds", [])
     central = privacy.get("central") or {}
     secagg = (f"SecAgg+ on: threshold {cfg.secagg.threshold or 'majority'}, deltas clipped to "
-              f"±{cfg.secagg.clipping_range:g}, quantisation step {2 * cfg.secagg.clipping_range / cfg.secagg.quantization_range:.3g}"
+              f"±{cfg.secagg.clipping_range:g}, quantisation step "
+              f"{2 * cfg.secagg.clipping_range / cfg.secagg.quantization_range:.3g}"
               if cfg.secagg.enabled else "off (the coordinator sees each site's update)")
     site_dp = (f"DP-SGD (Opacus), unit **{p.unit}**, clipping C={p.max_grad_norm:g}, accountant {p.accountant}, "
                f"budget ε={p.epsilon_budget:g} per site" if p.mode == "dp-sgd" else "off")
@@ -73,7 +74,8 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
                          f"{cfg.federation.transport} |")
     if cfg.secagg.enabled:
         lines += ["", "## Secure aggregation per round", "",
-                  "| round | sites unmasked | dropped (setup / share keys / masked vectors / unmask) | quantisation step |",
+                  "| round | sites unmasked | dropped (setup / share keys / masked vectors / unmask) "
+                  "| quantisation step |",
                   "|---|---|---|---|"]
         for r in rounds:
             s = r.get("secagg") or {}
@@ -87,7 +89,8 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
                   "quantisation grid: the unmasked mean differs from the exact mean by less than one step."]
     if p.central != "none":
         lines += ["", "## Client-level DP per round", "", "| round | sites aggregated | ε so far |", "|---|---|---|"]
-        lines += [f"| {r['round']} | {r.get('central_sites', '—')} | {_fmt(r.get('central_epsilon'))} |" for r in rounds]
+        lines += [f"| {r['round']} | {r.get('central_sites', '—')} | {_fmt(r.get('central_epsilon'))} |"
+                  for r in rounds]
     return "\n".join(lines) + "\n\n" + CAVEATS
 
 

@@ -1,7 +1,8 @@
-"""The federated round loop: Flower's strategy decides whom to ask and how to aggregate; this
-loop adds what a hospital federation needs around it and Flower's ``Strategy.start`` does not
-give — a deadline on every wait, a quorum, retries, screening of replies, and a hook after each
-round (evaluation, checkpoint) so a run can stop and resume at any round boundary.
+"""The federated round loop: Flower's strategy decides whom to ask, :mod:`server.aggregation`
+makes the aggregate; this loop adds what a hospital federation needs around them and Flower's
+``Strategy.start`` does not give — a deadline on every wait, a quorum, retries, screening of
+replies, and a hook after each round (evaluation, checkpoint) so a run can stop and resume at
+any round boundary.
 
 Every wait is bounded: for sites to connect (``federation.connect_timeout``, also inside Flower's
 node sampling, which has no deadline of its own), for replies (``federation.round_timeout``, per
@@ -31,20 +32,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
-from shared_model.config import FederationConfig, SecAggConfig
-from shared_model.model.update_codec import decode_bf16_delta
-from server.update_screen import masked_mismatch, names_mismatch, update_mismatch
+from server.aggregation import Aggregation
 from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
+from server.update_screen import masked_mismatch, update_mismatch
+from shared_model import wire
+from shared_model.config import FederationConfig, SecAggConfig
 
 log = logging.getLogger(__name__)
 
-SITE_KEY = "site"  # ConfigRecord of a reply naming the site
-PRIVACY_KEY = "privacy"  # ConfigRecord of a train reply: the site's DP settings and ε so far
 
 
 class QuorumError(RuntimeError):
@@ -77,17 +77,10 @@ def arrays_nbytes(arrays: ArrayRecord) -> int:
 
 def _reply_nbytes(message: Message) -> int:
     """Bytes of a train reply's update: its arrays, or its masked vector under SecAgg+."""
-    if "arrays" in message.content.array_records:
-        return arrays_nbytes(message.content["arrays"])
+    if wire.ARRAYS in message.content.array_records:
+        return arrays_nbytes(message.content[wire.ARRAYS])
     masked = message.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.MASKED_PARAMETERS, [])
     return sum(len(b) for b in masked)
-
-
-def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
-    """``arrays`` in the dtypes of ``reference``: server optimizers (FedAdam, FedYogi) compute in
-    float64, but the global model — what is checkpointed and sent — stays in its own dtype, so a
-    resumed run continues from exactly what an uninterrupted one holds."""
-    return ArrayRecord({k: Array(v.numpy().astype(reference[k].dtype, copy=False)) for k, v in arrays.items()})
 
 
 def wait_for_sites(grid: Grid, needed: int, timeout: float, poll: float = 1.0) -> list[int]:
@@ -132,8 +125,8 @@ def registered_names(grid: Grid) -> dict[int, str]:
 
 
 def _claimed_name(message: Message) -> str | None:
-    record = message.content.config_records.get(SITE_KEY) if message.has_content() else None
-    return str(record["name"]) if record and "name" in record else None
+    record = message.content.config_records.get(wire.SITE) if message.has_content() else None
+    return str(record[wire.SITE_NAME]) if record and wire.SITE_NAME in record else None
 
 
 def site_name(message: Message, registered: dict[int, str] | None = None) -> str:
@@ -178,13 +171,13 @@ def screen_replies(replies: list[Message], server_round: int, check: Callable[[M
             rejected.append(f"{name}: error reply ({msg.error.reason})")
             continue
         metrics = next(iter(msg.content.metric_records.values()), None)
-        if metrics is None or int(metrics.get("server-round", -1)) != server_round:
-            got = None if metrics is None else metrics.get("server-round")
+        if metrics is None or int(metrics.get(wire.SERVER_ROUND, -1)) != server_round:
+            got = None if metrics is None else metrics.get(wire.SERVER_ROUND)
             rejected.append(f"{name}: reply for round {got}, this is round {server_round} (stale, discarded)")
             continue
-        if int(metrics.get("privacy-budget-exhausted", 0)):
+        if int(metrics.get(wire.BUDGET_EXHAUSTED, 0)):
             rejected.append(f"{name}: stopped training, its next round would pass its privacy budget "
-                            f"(ε spent {float(metrics.get('epsilon', float('nan'))):.3g})")
+                            f"(ε spent {float(metrics.get(wire.EPSILON, float('nan'))):.3g})")
             continue
         if check is not None:
             reason = check(msg)
@@ -196,30 +189,6 @@ def screen_replies(replies: list[Message], server_round: int, check: Callable[[M
     for reason in rejected:
         log.warning("round %d: %s", server_round, reason)
     return accepted, rejected
-
-
-def decode_updates(replies: list[Message], global_arrays: ArrayRecord,
-                   registered: dict[int, str] | None = None) -> tuple[list[Message], list[str]]:
-    """Turn bf16-delta updates back into weights over ``global_arrays`` (in place); returns the
-    replies to screen and the reasons for those whose update does not decode."""
-    kept, reasons = [], []
-    reference = {key: array.numpy() for key, array in global_arrays.items()}
-    for msg in replies:
-        if msg.has_error() or "arrays" not in msg.content.array_records:
-            kept.append(msg)
-            continue
-        arrays = msg.content["arrays"]
-        try:
-            names = names_mismatch(arrays.keys(), reference)
-            if names:
-                raise ValueError(names)
-            decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
-        except (ValueError, TypeError) as exc:
-            reasons.append(f"{site_name(msg, registered)}: update is not a bf16 delta of the global model ({exc}); rejected")
-            continue
-        msg.content["arrays"] = ArrayRecord({key: Array(value) for key, value in decoded.items()})
-        kept.append(msg)
-    return kept, reasons
 
 
 def _seed_sampling(seed: int, server_round: int, attempt: int) -> None:
@@ -243,7 +212,8 @@ def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, f
 
     try:
         result = secure_mean(grid, list(contents), lambda nid: RecordDict(
-            {"arrays": contents[nid]["arrays"], "config": contents[nid]["config"]}), secagg, fed.round_timeout, keep)
+            {wire.ARRAYS: contents[nid][wire.ARRAYS], wire.CONFIG: contents[nid][wire.CONFIG]}),
+            secagg, fed.round_timeout, keep)
     except SecAggAbort as exc:
         report.rejected.append(str(exc))
         return received, [], None
@@ -252,57 +222,72 @@ def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, f
     return received, result.replies, result.mean
 
 
-def _update_check(arrays: ArrayRecord, secagg: SecAggConfig | None) -> Callable[[Message], str | None]:
+def _update_check(arrays: ArrayRecord, secagg: SecAggConfig) -> Callable[[Message], str | None]:
     """How a train reply's update is screened against the global ``arrays``: its weights, or
     under SecAgg+ the layout of its masked vector."""
-    if secagg is not None and secagg.enabled:
+    if secagg.enabled:
         return lambda msg: masked_mismatch(
             list(msg.content.config_records.get(RECORD_KEY_CONFIGS, {}).get(Key.MASKED_PARAMETERS, [])),
             arrays, secagg.modulus_range)
-    return lambda msg: update_mismatch(msg.content.array_records.get("arrays"), arrays)
+    return lambda msg: update_mismatch(msg.content.array_records.get(wire.ARRAYS), arrays)
 
 
-def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_round: int, fed: FederationConfig,
-                seed: int, secagg: SecAggConfig | None = None,
-                train_config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundReport]:
-    """One training round with retries; returns the aggregate and the round's report. With
-    ``secagg`` enabled the aggregate is the global weights plus the securely summed mean delta;
-    ``train_config`` goes to every site with the weights. Every update is screened before
-    anything of it is added (:mod:`server.update_screen`)."""
-    report = RoundReport(server_round)
-    secure = secagg is not None and secagg.enabled
-    check = _update_check(arrays, secagg)
+def _sampled(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_round: int, attempt: int,
+             fed: FederationConfig, seed: int, train_config: ConfigRecord | None) -> list[Message]:
+    """The round's train messages: the strategy samples the connected sites (seeded, within the
+    connection deadline) and configures each with the global weights and ``train_config``."""
+    wait_for_sites(grid, max(fed.min_available, fed.min_sites), fed.connect_timeout)
+    _seed_sampling(seed, server_round, attempt)
+    return list(aggregation.strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})),
+                                                     _SitesDeadline(grid, fed.connect_timeout)))
+
+
+def _attempt(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_round: int, attempt: int,
+             fed: FederationConfig, seed: int, train_config: ConfigRecord | None, report: RoundReport
+             ) -> tuple[dict[int, str], list[Message], list[np.ndarray] | None]:
+    """One try at a round's training: sample and ask the sites, decode and screen their replies
+    (rejections, privacy records and bytes go into ``report``). Returns the registered names, the
+    accepted replies and, under SecAgg+, their mean delta (None when the protocol aborted)."""
+    secure = aggregation.secagg.enabled
+    check = _update_check(arrays, aggregation.secagg)
+    messages = _sampled(grid, aggregation, arrays, server_round, attempt, fed, seed, train_config)
+    registered = registered_names(grid)
+    report.bytes_sent += arrays_nbytes(arrays) * len(messages)
+
+    def screen(replies: list[Message]) -> list[Message]:
+        accepted, rejected = screen_replies(replies, server_round, check, registered)
+        report.rejected.extend(rejected)
+        return accepted
+
     mean_delta = None
+    if secure:  # screened inside, before the masked vectors are summed
+        replies, accepted, mean_delta = _secure_replies(grid, messages, aggregation.secagg, fed, report, screen)
+    else:
+        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
+    sizes = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
+    if not secure:
+        decoded, undecodable = aggregation.decode(replies, arrays)
+        report.rejected.extend(f"{site_name(m, registered)}: {undecodable[id(m)]}" for m in replies
+                               if id(m) in undecodable)
+        accepted = screen(decoded)
+    report.site_privacy.update({site_name(m, registered): dict(m.content.config_records[wire.PRIVACY])
+                                for m in replies if m.has_content() and wire.PRIVACY in m.content.config_records})
+    report.bytes_received += sum(sizes[id(m)] for m in accepted)
+    if not (secure and mean_delta is None):
+        report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
+    return registered, accepted, mean_delta
+
+
+def train_round(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_round: int, fed: FederationConfig,
+                seed: int, train_config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundReport]:
+    """One training round with retries; returns the aggregate (:class:`server.aggregation.Aggregation`)
+    and the round's report. ``train_config`` goes to every site with the weights. Every update is
+    screened before anything of it is added (:mod:`server.update_screen`)."""
+    report = RoundReport(server_round)
     for attempt in range(fed.round_retries + 1):
         report.attempts = attempt + 1
-        wait_for_sites(grid, max(fed.min_available, fed.min_sites), fed.connect_timeout)
-        _seed_sampling(seed, server_round, attempt)
-        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(dict(train_config or {})),
-                                                 _SitesDeadline(grid, fed.connect_timeout)))
-        registered = registered_names(grid)
-        report.bytes_sent += arrays_nbytes(arrays) * len(messages)
-
-        def screen(replies: list[Message]) -> list[Message]:
-            accepted, rejected = screen_replies(replies, server_round, check, registered)
-            report.rejected.extend(rejected)
-            return accepted
-
-        if secure:  # screened inside, before the masked vectors are summed
-            replies, accepted, mean_delta = _secure_replies(grid, messages, secagg, fed, report, screen)
-        else:
-            replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-        wire = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
-        if not secure:
-            screened = replies
-            if fed.update_encoding == "bf16-delta":
-                screened, undecodable = decode_updates(replies, arrays, registered)
-                report.rejected.extend(undecodable)
-            accepted = screen(screened)
-        report.site_privacy.update({site_name(m, registered): dict(m.content.config_records[PRIVACY_KEY]) for m in replies
-                                    if m.has_content() and PRIVACY_KEY in m.content.config_records})
-        report.bytes_received += sum(wire[id(m)] for m in accepted)
-        if not (secure and mean_delta is None):
-            report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
+        registered, accepted, mean_delta = _attempt(grid, aggregation, arrays, server_round, attempt, fed, seed,
+                                                    train_config, report)
         if len(accepted) >= fed.min_sites:
             break
         log.warning("round %d attempt %d: quorum not met (%d usable replies, %d needed)",
@@ -312,18 +297,16 @@ def train_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, server_roun
                           f"federation.min_sites={fed.min_sites}, after {fed.round_retries + 1} attempts; "
                           f"global weights unchanged since round {server_round - 1}. Rejected: "
                           + "; ".join(report.rejected))
-    if secure:
-        aggregate = ArrayRecord({key: Array(np.asarray(array.numpy().astype(np.float64) + delta, dtype=array.dtype))
-                                 for (key, array), delta in zip(arrays.items(), mean_delta, strict=True)})
-        metrics = strategy.train_metrics_aggr_fn([m.content for m in accepted], strategy.weighted_by_key)
-    else:
-        aggregate, metrics = strategy.aggregate_train(server_round, accepted)
+    aggregate, report.train_metrics = aggregation.aggregate(server_round, accepted, arrays, mean_delta)
     if aggregate is None:
         raise QuorumError(f"round {server_round}: the strategy produced no aggregate")
-    aggregate = cast_like(aggregate, arrays)
-    report.sites = {site_name(m, registered): dict(next(iter(m.content.metric_records.values()))) for m in accepted}
-    report.train_metrics = dict(metrics or {})
+    report.sites = {site_name(m, registered): dict(_metrics(m)) for m in accepted}
     return aggregate, report
+
+
+def _metrics(message: Message):
+    """A reply's metric record."""
+    return next(iter(message.content.metric_records.values()))
 
 
 def _silent(messages: list[Message], replies: list[Message], registered: dict[int, str], timeout: float) -> list[str]:
@@ -357,16 +340,16 @@ def evaluate_round(grid: Grid, strategy: Strategy, arrays: ArrayRecord, report: 
     replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
     accepted, rejected = screen_replies(replies, report.round, None, registered)
     report.rejected.extend(rejected + _silent(messages, replies, registered, fed.round_timeout))
-    scored = [m for m in accepted if next(iter(m.content.metric_records.values()))["num-examples"] > 0]
-    report.site_evaluations = {site_name(m, registered): dict(next(iter(m.content.metric_records.values()))) for m in scored}
+    scored = [m for m in accepted if _metrics(m)[wire.NUM_EXAMPLES] > 0]
+    report.site_evaluations = {site_name(m, registered): dict(_metrics(m)) for m in scored}
     if scored:
         report.evaluate_metrics = dict(strategy.aggregate_evaluate(report.round, scored) or {})
 
 
-def run_rounds(grid: Grid, strategy: Strategy, arrays: ArrayRecord, first_round: int, fed: FederationConfig, seed: int,
-               after_training: Callable[[ArrayRecord, RoundReport], None],
+def run_rounds(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, first_round: int, fed: FederationConfig,
+               seed: int, after_training: Callable[[ArrayRecord, RoundReport], None],
                after_evaluation: Callable[[RoundReport], None], federated_eval: bool = True,
-               secagg: SecAggConfig | None = None, train_config: ConfigRecord | None = None) -> ArrayRecord:
+               train_config: ConfigRecord | None = None) -> ArrayRecord:
     """Rounds ``first_round`` .. ``fed.rounds``. ``after_training`` (server-side evaluation,
     checkpoint) runs as soon as a round's training aggregated, so the round is kept whatever
     happens during federated evaluation; ``after_evaluation`` (its results, the round's log line)
@@ -374,12 +357,12 @@ def run_rounds(grid: Grid, strategy: Strategy, arrays: ArrayRecord, first_round:
     for server_round in range(first_round, fed.rounds + 1):
         start = time.perf_counter()
         log.info("round %d/%d", server_round, fed.rounds)
-        arrays, report = train_round(grid, strategy, arrays, server_round, fed, seed, secagg, train_config)
+        arrays, report = train_round(grid, aggregation, arrays, server_round, fed, seed, train_config)
         report.seconds = time.perf_counter() - start
         after_training(arrays, report)
         if federated_eval:
             start = time.perf_counter()
-            evaluate_round(grid, strategy, arrays, report, fed, seed, train_config)
+            evaluate_round(grid, aggregation.strategy, arrays, report, fed, seed, train_config)
             report.seconds += time.perf_counter() - start
         after_evaluation(report)
     return arrays

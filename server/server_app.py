@@ -8,9 +8,9 @@ import logging
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from server.federation import run_federation
 from shared_model.config import FederationAppConfig
 from shared_model.run_config import unflatten_config
-from server.federation import run_federation
 
 app = ServerApp()
 

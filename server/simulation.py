@@ -16,11 +16,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from server.flower_runtime import LOCAL_ADDRESS, Connection, free_port, local_superlink_pids, stop_process_tree
+from server.launch import Launch, launch_run, with_absolute_paths
 from shared_model.config import FederationAppConfig
 from shared_model.data.embedded import ensure_phantom
 from shared_model.data.sites import simulated_site_manifests
-from server.flower_runtime import LOCAL_ADDRESS, Connection, free_port, local_superlink_pids, stop_process_tree
-from server.launch import Launch, launch_run, with_absolute_paths
 
 CONNECTION = "local"
 
@@ -44,7 +44,8 @@ def _check_quorum(cfg: FederationAppConfig, sites: int) -> None:
                          f"simulation has only {sites} sites, so no round could ever start")
 
 
-def run_simulation(cfg: FederationAppConfig, console: Console | None = None, argv: list[str] | None = None) -> list[dict]:
+def run_simulation(cfg: FederationAppConfig, console: Console | None = None,
+                   argv: list[str] | None = None) -> list[dict]:
     """Simulate the federation ``cfg`` describes; returns the rounds' records (``metrics.jsonl``).
     ``argv``: the command's overrides (the resume command printed after a stop repeats them)."""
     console = console or Console()

@@ -18,7 +18,7 @@ import numpy as np
 from flwr.app import ArrayRecord
 from flwr.common import bytes_to_ndarray
 
-from server.aggregation import array_view
+from server.streaming_mean import array_view
 
 SHOWN = 3  # names quoted in a reason; the rest are counted
 

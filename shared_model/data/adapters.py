@@ -40,7 +40,8 @@ def from_flair_csv(csv_path: str | Path, out_dir: str | Path, image_root: str | 
     if image_root is None and (csv_path.parent / "images").is_dir():
         root = csv_path.parent / "images"
     images = [os.path.relpath(root / name, out_dir) for name in table[image_col]]
-    labels = [";".join(part.strip(" '\"") for part in raw.strip("[]").replace(",", ";").split(";") if part.strip(" '\""))
+    labels = [";".join(part.strip(" '\"") for part in raw.strip("[]").replace(",", ";").split(";")
+                       if part.strip(" '\""))
               for raw in table[label_col]]
     patients = list(table["patient_id"]) if "patient_id" in table.columns else [Path(n).stem for n in table[image_col]]
     return _manifest_table(images, labels, patients, modality)
@@ -53,4 +54,5 @@ def from_class_folders(root: str | Path, out_dir: str | Path, modality: str = "C
     if not files:
         raise ManifestError(f"{root}: no images in class sub-folders (expected {root}/<class>/<image>)")
     images = [os.path.relpath(p, out_dir) for p in files]
-    return _manifest_table(images, [p.parent.name for p in files], [f"{p.parent.name}/{p.stem}" for p in files], modality)
+    return _manifest_table(images, [p.parent.name for p in files], [f"{p.parent.name}/{p.stem}" for p in files],
+                           modality)

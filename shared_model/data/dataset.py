@@ -127,8 +127,9 @@ class RetinaDataset(Dataset):
             partner = self.records[candidates[rng.randrange(len(candidates))]]
             try:
                 image, params, positions = self.image_for(partner, gen)
-                item.update(partner=image, partner_aug=params, partner_positions=positions, partner_modality=partner.modality,
-                            partner_text=self.text_for(partner, rng), partner_labels=";".join(sorted(partner.labels)))
+                item.update(partner=image, partner_aug=params, partner_positions=positions,
+                            partner_modality=partner.modality, partner_text=self.text_for(partner, rng),
+                            partner_labels=";".join(sorted(partner.labels)))
             except ImageReadError as exc:
                 item["partner_error"] = str(exc)
         return item
@@ -206,7 +207,8 @@ def _layout(images: list[torch.Tensor], positions: list[torch.Tensor | None]) ->
 
 def collate(items: list[dict]) -> Batch:
     """Stack anchors then partners; unreadable anchors are dropped and listed in ``skipped``."""
-    skipped = [it["error"] for it in items if "error" in it] + [it["partner_error"] for it in items if "partner_error" in it]
+    skipped = ([it["error"] for it in items if "error" in it]
+               + [it["partner_error"] for it in items if "partner_error" in it])
     anchors = [it for it in items if "error" not in it]
     paired = [it for it in anchors if "partner" in it]
     images = [it["image"] for it in anchors] + [it["partner"] for it in paired]

@@ -10,8 +10,8 @@ import math
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.transforms.v2 import functional as TF
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
+from torchvision.transforms.v2 import functional as TF
 
 # Modalities photographed through the pupil have a circular field of view on black.
 FOV_MODALITIES = frozenset({"CFP", "FFA", "FAF", "ICGA", "UWF", "IR"})
@@ -20,7 +20,8 @@ FOV_MODALITIES = frozenset({"CFP", "FFA", "FAF", "ICGA", "UWF", "IR"})
 # timm's ResNets) or TF's [-1, 1] scaling (Inception, EfficientNet-Lite).
 _STATS = {"imagenet": (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD),
           "inception": (IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD)}
-_STATS = {name: (torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)) for name, (mean, std) in _STATS.items()}
+_STATS = {name: (torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1))
+          for name, (mean, std) in _STATS.items()}
 
 
 def fov_bbox(img: np.ndarray, threshold: float = 0.08, min_fraction: float = 0.01) -> tuple[int, int, int, int]:
@@ -92,7 +93,8 @@ def local_contrast(images: torch.Tensor) -> torch.Tensor:
     sigma = size / 30
     kernel = [2 * math.ceil(3 * sigma) + 1] * 2
     fov = (images.amax(1, keepdim=True) > 0.04).to(images)
-    mean = TF.gaussian_blur(images * fov, kernel, [sigma, sigma]) / TF.gaussian_blur(fov, kernel, [sigma, sigma]).clamp(min=1e-3)
+    mean = (TF.gaussian_blur(images * fov, kernel, [sigma, sigma])
+            / TF.gaussian_blur(fov, kernel, [sigma, sigma]).clamp(min=1e-3))
     return ((0.5 + 4 * (images - mean)) * fov + 0.5 * (1 - fov)).clamp(0, 1)
 
 

@@ -18,7 +18,6 @@ from shared_model.losses.mae_reconstruction import MAEReconstructionLoss
 from shared_model.losses.modality_contrast import ModalityContrastLoss
 from shared_model.model.retina_clip import ModelOutput, RetinaCLIP
 
-
 IMAGE_TEXT_VARIANTS = ("flair", "clip", "bank")
 TERMS = ("image_text", "image_image", "mae")
 

@@ -2,6 +2,6 @@
 slice-attention volume pooling, and their assembly into :class:`RetinaCLIP`."""
 
 from shared_model.model.build import build_model
-from shared_model.model.retina_clip import RetinaCLIP, ModelOutput
+from shared_model.model.retina_clip import ModelOutput, RetinaCLIP
 
 __all__ = ["build_model", "RetinaCLIP", "ModelOutput"]

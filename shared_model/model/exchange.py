@@ -58,7 +58,8 @@ def load_exchanged_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) 
     own = model.state_dict()
     for name in expected:
         if tuple(state[name].shape) != tuple(own[name].shape):
-            raise ValueError(f"exchanged weight {name!r}: shape {tuple(state[name].shape)}, model has {tuple(own[name].shape)}")
+            raise ValueError(f"exchanged weight {name!r}: shape {tuple(state[name].shape)}, "
+                             f"model has {tuple(own[name].shape)}")
     with torch.no_grad():
         for name in expected:
             own[name].copy_(state[name])

@@ -152,7 +152,7 @@ class TextTower(nn.Module):
                 self._cache.popitem(last=False)
         return torch.stack([self._cache[t] for t in texts]).to(device)
 
-    def train(self, mode: bool = True) -> "TextTower":
+    def train(self, mode: bool = True) -> TextTower:
         """Frozen layers stay in eval mode so dropout does not make cached features stale."""
         super().train(mode)
         for module in self._frozen_modules():

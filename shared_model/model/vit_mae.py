@@ -69,7 +69,8 @@ class MaskedViT(nn.Module):
     def num_patches(self) -> int:
         return self.patch_embed.num_patches
 
-    def forward_encoder(self, imgs: torch.Tensor, mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    def forward_encoder(self, imgs: torch.Tensor,
+                        mask_ratio: float) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """imgs: [N, 3, H, W] -> tokens [N, 1 + L_keep, D], mask [N, L] or None, ids_restore or None."""
         x = self.patch_embed(imgs)  # [N, L, D]
         x = x + self.pos_embed[:, 1:, :].to(x.dtype)

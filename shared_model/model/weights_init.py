@@ -51,4 +51,5 @@ def load_image_tower_weights(tower: nn.Module, path: str, min_fraction: float = 
         raise CheckpointError(f"{path}: only {len(mapped)} of the tower's {len(own)} tensors found "
                               f"({fraction:.0%}); unmatched file keys e.g. {skipped[:4]}")
     tower.load_state_dict(mapped, strict=False)
-    log.info("initialised image tower from %s: %d/%d tensors, %d file keys unused", path, len(mapped), len(own), len(skipped))
+    log.info("initialised image tower from %s: %d/%d tensors, %d file keys unused", path, len(mapped), len(own),
+             len(skipped))

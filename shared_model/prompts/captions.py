@@ -15,8 +15,8 @@ model code averages their normalised text embeddings into one class embedding.
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
-from typing import Mapping, Sequence
 
 import numpy as np
 

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 # Ordinal diabetic-retinopathy grades (ICDR scale, 0..4), in order; the
 # evaluator scores them with quadratic-weighted kappa.

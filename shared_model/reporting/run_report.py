@@ -23,6 +23,7 @@ from types import SimpleNamespace
 import yaml
 
 import shared_model
+from shared_model import wire
 from shared_model.atomic_files import write_text_atomic
 from shared_model.losses.objective import term_status
 from shared_model.reporting.metrics_log import read_metrics
@@ -123,7 +124,7 @@ def _round_sections(records: list[dict]) -> list[str]:
             if values.get("aca") is not None:
                 aca[f"server: {name}"][0].append(r["round"])
                 aca[f"server: {name}"][1].append(values["aca"])
-        federated = (r.get("federated_eval") or {}).get("zero-shot-aca")
+        federated = (r.get("federated_eval") or {}).get(wire.ZERO_SHOT_ACA)
         if federated is not None:
             aca["sites' own test rows"][0].append(r["round"])
             aca["sites' own test rows"][1].append(federated)
@@ -199,14 +200,15 @@ def _step_sections(records: list[dict]) -> list[str]:
 
 
 def _evaluation_section(run_dir: Path) -> list[str]:
-    from shared_model.eval.report import classification_rows, confusion_figure, CLASSIFICATION_HEADERS
+    from shared_model.eval.report import CLASSIFICATION_HEADERS, classification_rows, confusion_figure
 
     results = _read_json(run_dir / "eval" / "metrics.json")
     if not results:
         return []
     meta = results.get("meta", {})
     where = f"round {meta['round']}" if "round" in meta else f"step {meta['step']}" if "step" in meta else ""
-    parts = [f"<h2>Last evaluation {_e(where)}</h2>", _table(list(CLASSIFICATION_HEADERS), classification_rows(results))]
+    parts = [f"<h2>Last evaluation {_e(where)}</h2>",
+             _table(list(CLASSIFICATION_HEADERS), classification_rows(results))]
     for dataset, entry in results.get("zero_shot", {}).items():
         if "confusion_matrix" in entry:
             fig = confusion_figure(entry["confusion_matrix"], entry["class_names"], f"zero-shot: {dataset}")
@@ -239,7 +241,8 @@ def _corpus_section(folder: Path, run_dir: Path) -> list[str]:
     else:
         verdict = "<span class='pass'>passed</span>" if audit.get("passed") else "<span class='fail'>FAILED</span>"
         rows = [[space, f"{audit[space]['near_copy_fraction']:.3f}", f"{audit[space]['threshold']:.4f}",
-                 f"{audit[space]['closer_to_train_fraction']:.3f}"] for space in ("pixel", "embedding") if audit.get(space)]
+                 f"{audit[space]['closer_to_train_fraction']:.3f}"]
+                for space in ("pixel", "embedding") if audit.get(space)]
         parts += [f"<p>Memorisation audit {verdict}.</p>",
                   _table(["space", "near-copy fraction", "threshold", "closer to train"], rows)]
     return parts
@@ -257,11 +260,12 @@ def build_report(run_dir: str | Path) -> str:
     if "model" in config:
         facts.append(["model", config["model"].get("name", "")])
     if kind == "federated":
-        facts += [["task", config.get("task", "clip")], ["strategy", config.get("strategy", {}).get("name", "")],
+        facts += [["task", config.get("task", "foundation")], ["strategy", config.get("strategy", {}).get("name", "")],
                   ["rounds done / planned", f"{sum('round' in r for r in records)} / "
                                             f"{config.get('federation', {}).get('rounds', '?')}"]]
     if "privacy" in config:
-        facts.append(["privacy", f"{config['privacy'].get('mode', 'none')}, central {config['privacy'].get('central', 'none')}"])
+        facts.append(["privacy", f"{config['privacy'].get('mode', 'none')}, "
+                                 f"central {config['privacy'].get('central', 'none')}"])
     parts = [f"<h1>RetinaFL run report: {_e(run_dir.name)}</h1>", _table(["", ""], facts)]
     if kind in ("federated", "centralized"):
         parts += _objective_section(config, records, run_dir)

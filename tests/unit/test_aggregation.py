@@ -1,4 +1,4 @@
-"""The streaming FedAvg mean (server/aggregation.py) equals Flower's ``aggregate_arrayrecords``
+"""The streaming FedAvg mean (server/streaming_mean.py) equals Flower's ``aggregate_arrayrecords``
 on every kind of array a reply can carry, and the registry's FedAvg/FedProx use it."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import pytest
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from server.aggregation import StreamingFedAvg, StreamingFedProx, array_view, weighted_mean
-from server.strategy_registry import build_strategy
+from server.aggregation import build_strategy
+from server.streaming_mean import StreamingFedAvg, StreamingFedProx, array_view, weighted_mean
 from shared_model.config import FederationConfig, StrategyConfig
 
 

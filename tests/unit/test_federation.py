@@ -11,16 +11,16 @@ import pytest
 import torch
 from flwr.app import Message
 
-from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler
-
-from server.federation import run_federation, zero_shot_summary
+from server.federation import run_federation
 from server.round_checkpoint import STRATEGY_FILE, latest_round, verify_round
+from server.round_log import zero_shot_summary
 from server.rounds import QuorumError
+from shared_model.conf import compose_app
 from shared_model.eval.evaluate import evaluate_model
 from shared_model.model.checkpoint import WEIGHTS, load_checkpoint, sha256_file
 from shared_model.run_config import flatten_config
-from shared_model.train.trainer import resolve_device
-from shared_model.conf import compose_app
+from shared_model.runtime import resolve_device
+from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler
 
 
 def federation_cfg(phantom: Path, run_dir: Path, *extra: str):
@@ -96,10 +96,11 @@ def test_resume_equals_uninterrupted_run(small_phantom, tmp_path):
 
 def test_one_site_fedavg_equals_local_training(small_phantom, tmp_path):
     """One site, one round of FedAvg == the same local steps on that site alone."""
-    from client.site_training import Site, train_round
+    from shared_model.federated.foundation import FoundationTask
+    from shared_model.federated.site import Site
     from shared_model.model import build_model
     from shared_model.model.exchange import exchanged_state_dict
-    from shared_model.train.trainer import seed_everything
+    from shared_model.runtime import seed_everything
 
     cfg = federation_cfg(small_phantom, tmp_path / "fed", "federation.rounds=1", "federation.min_sites=1",
                          "federation.min_available=1", "eval=none", "strategy.fraction_evaluate=0")
@@ -112,7 +113,7 @@ def test_one_site_fedavg_equals_local_training(small_phantom, tmp_path):
     seed_everything(cfg.train.seed)
     initial = exchanged_state_dict(build_model(cfg.model))
     site = Site("site_0", [str(small_phantom / "site_0" / "manifest.csv")], tmp_path / "alone", cfg.train.device)
-    local = train_round(cfg, site, initial, 1).state
+    local = FoundationTask().train_site(cfg, site, initial, 1, {}).state
     for name, tensor in local.items():
         assert torch.equal(tensor, federated[name]), name
 
@@ -125,7 +126,7 @@ def test_a_federated_site_trains_its_oct_volumes_through_the_adapter(small_phant
     from shared_model.model import build_model
     from shared_model.model.checkpoint import load_checkpoint
     from shared_model.model.exchange import exchanged_state_dict
-    from shared_model.train.trainer import seed_everything
+    from shared_model.runtime import seed_everything
 
     cfg = federation_cfg(small_phantom, tmp_path / "fed", "federation.rounds=1", "federation.min_sites=1",
                          "federation.min_available=1", "strategy.fraction_evaluate=0", "data=phantom_volumes",

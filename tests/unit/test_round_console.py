@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from server.federation import round_row
 from server.launch import round_table
+from server.round_log import round_row
 
 SETS = {"odir_val/CFP": {"aca": 0.621}, "heldout/CFP": {"aca": 0.5}, "heldout/OCT": {"aca": 0.41}}
 

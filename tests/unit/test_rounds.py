@@ -3,7 +3,6 @@ deadline (a silent site), stale and non-finite replies, and the aggregate itself
 
 from __future__ import annotations
 
-
 import time
 
 import numpy as np
@@ -11,11 +10,9 @@ import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from tests.fixtures.in_process_grid import InProcessGrid
-
 from server.rounds import QuorumError, run_rounds, train_round
-from server.strategy_registry import build_strategy
-from shared_model.config import FederationConfig, StrategyConfig
+from shared_model.config import FederationConfig
+from tests.fixtures.in_process_grid import InProcessGrid, aggregation
 
 GLOBAL = {"w": torch.zeros(4), "b": torch.ones(2)}
 
@@ -48,7 +45,7 @@ def site(name: str, value: float, n: int = 10, round_shift: int = 0, silent: boo
 
 def test_fedavg_weights_by_examples_and_reports_sites():
     grid = InProcessGrid({1: site("a", 1.0, n=10), 2: site("b", 4.0, n=30)})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    aggregate, report = train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), (1.0 * 10 + 4.0 * 30) / 40)
     assert sorted(report.sites) == ["a", "b"] and report.rejected == []
     assert report.bytes_received == report.bytes_sent > 0  # same model size both ways
@@ -56,7 +53,7 @@ def test_fedavg_weights_by_examples_and_reports_sites():
 
 def test_silent_site_does_not_hang_the_round_when_quorum_holds():
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("c", 9.0, silent=True)})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    aggregate, report = train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), 2.0)
     assert any("did not reply" in r for r in report.rejected)
 
@@ -68,7 +65,7 @@ def test_below_quorum_retries_then_stops_with_weights_untouched():
     kept = {k: v.numpy().copy() for k, v in arrays.items()}
     seen = []
     with pytest.raises(QuorumError, match="quorum not met"):
-        run_rounds(grid, build_strategy(StrategyConfig(), fed()), arrays, 1, fed(round_retries=2), 0,
+        run_rounds(grid, aggregation(fed()), arrays, 1, fed(round_retries=2), 0,
                    lambda a, r: seen.append(r), seen.append)
     assert seen == [] and len(silent.calls) == 3  # three attempts, no round completed
     assert all(np.array_equal(arrays[k].numpy(), kept[k]) for k in kept)
@@ -77,7 +74,7 @@ def test_below_quorum_retries_then_stops_with_weights_untouched():
 def test_too_few_connected_sites_stop_after_the_connect_timeout():
     grid = InProcessGrid({1: site("a", 1.0)})
     with pytest.raises(QuorumError, match="connect_timeout"):
-        train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+        train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
 
 
 def test_stale_and_non_finite_replies_are_discarded_and_the_rest_aggregated():
@@ -87,7 +84,7 @@ def test_stale_and_non_finite_replies_are_discarded_and_the_rest_aggregated():
         return reply
 
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("old", 50.0, round_shift=-1), 4: nan_site})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 2, fed(), 0)
+    aggregate, report = train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 2, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), 2.0)
     assert any("stale" in r and r.startswith("old") for r in report.rejected)
     assert any("non-finite" in r and r.startswith("nan") for r in report.rejected)
@@ -95,22 +92,21 @@ def test_stale_and_non_finite_replies_are_discarded_and_the_rest_aggregated():
 
 def test_median_resists_one_outlying_site():
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 1.2), 3: site("evil", 1e6)})
-    strategy = build_strategy(StrategyConfig(name="fedmedian"), fed())
-    aggregate, _ = train_round(grid, strategy, ArrayRecord(GLOBAL), 1, fed(), 0)
+    aggregate, _ = train_round(grid, aggregation(fed(), "fedmedian"), ArrayRecord(GLOBAL), 1, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), 1.2)
 
 
 def test_a_reply_is_attributed_to_the_name_its_key_is_registered_under():
     # Node 3 holds the key registered as "c" but claims to be "a": rejected, and the real "a" counts once.
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("a", 100.0)}, names={1: "a", 2: "b", 3: "c"})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    aggregate, report = train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
     assert np.allclose(aggregate["w"].numpy(), 2.0) and sorted(report.sites) == ["a", "b"]
     assert report.rejected == ["node 3: claims to be site 'a' but its key is registered as 'c' (rejected)"]
 
 
 def test_two_unregistered_sites_with_one_name_are_both_rejected():
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("b", 100.0)})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed(min_sites=1)), ArrayRecord(GLOBAL),
+    aggregate, report = train_round(grid, aggregation(fed(min_sites=1)), ArrayRecord(GLOBAL),
                                     1, fed(min_sites=1), 0)
     assert np.allclose(aggregate["w"].numpy(), 1.0) and sorted(report.sites) == ["a"]
     assert report.rejected == ["2 sites reply as 'b' (nodes 2, 3): all rejected, every site needs its own name"]
@@ -119,7 +115,7 @@ def test_two_unregistered_sites_with_one_name_are_both_rejected():
 def test_a_silent_site_is_named_by_its_registered_name():
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("c", 9.0, silent=True)},
                          names={1: "a", 2: "b", 3: "hospital-c"})
-    _, report = train_round(grid, build_strategy(StrategyConfig(), fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
+    _, report = train_round(grid, aggregation(fed()), ArrayRecord(GLOBAL), 1, fed(), 0)
     assert report.rejected == ["1 of 3 sites did not reply within 1 s (federation.round_timeout): hospital-c"]
 
 
@@ -139,9 +135,10 @@ def test_evaluation_without_its_quorum_is_skipped_within_the_deadline_after_the_
     events = []
     config = fed(min_available=3, connect_timeout=0.5)
     start = time.monotonic()
-    run_rounds(grid, build_strategy(StrategyConfig(), config), ArrayRecord(GLOBAL), 1, config, 0,
+    run_rounds(grid, aggregation(config), ArrayRecord(GLOBAL), 1, config, 0,
                lambda arrays, report: events.append(("trained", report.evaluation_skipped)),
                lambda report: events.append(("evaluated", report.evaluation_skipped)))
     assert time.monotonic() - start < 5
     assert events[0] == ("trained", None)
-    assert events[1][0] == "evaluated" and events[1][1].startswith("federated evaluation skipped: only 2 sites connected")
+    assert (events[1][0] == "evaluated"
+            and events[1][1].startswith("federated evaluation skipped: only 2 sites connected"))

@@ -5,10 +5,10 @@ import tomllib
 
 import pytest
 
-from server.flower_app import write_flower_app
+from server.flower_app_folder import write_flower_app
+from shared_model.conf import compose_app
 from shared_model.config import FederationAppConfig
 from shared_model.run_config import flatten_config, unflatten_config
-from shared_model.conf import compose_app
 
 
 def test_round_trip_keeps_every_value_including_lists_and_none():

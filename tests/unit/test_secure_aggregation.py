@@ -15,15 +15,12 @@ from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.common.serde import message_from_proto, message_to_proto
 
-from client.client_app import secagg_delta
-from client.secure_aggregation import secagg_mod
+from client.secure_aggregation import secagg_delta, secagg_mod
+from server.compatibility import FederationConfigError, check_federation
 from server.rounds import train_round
 from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
-from server.strategy_registry import build_strategy
 from shared_model.config import FederationAppConfig, FederationConfig, PrivacyConfig, SecAggConfig, StrategyConfig
-from shared_model.privacy.errors import PrivacyConfigError
-from shared_model.privacy.plan import resolve_privacy
-from tests.fixtures.in_process_grid import InProcessGrid
+from tests.fixtures.in_process_grid import InProcessGrid, aggregation
 
 SHAPES = {"w": (3, 4), "b": (5,), "scale": ()}
 CFG = SecAggConfig(enabled=True, threshold=3)
@@ -122,7 +119,7 @@ def test_round_loop_under_secagg_equals_fedavg_within_quantisation():
     grid, global_arrays, local, _ = _federation(4, {})
     fed = FederationConfig(rounds=1, min_sites=3, min_available=3, round_timeout=30, connect_timeout=5)
     arrays = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed), arrays, 1, fed, 0, CFG)
+    aggregate, report = train_round(grid, aggregation(fed, secagg=CFG), arrays, 1, fed, 0)
     for key in SHAPES:
         fedavg = np.mean([local[nid][key].astype(np.float64) for nid in local], axis=0)
         assert np.abs(aggregate[key].numpy() - fedavg).max() <= quantisation_step(CFG) + 1e-6
@@ -144,8 +141,8 @@ def test_deltas_are_clipped_to_the_masking_range_and_the_share_reported():
     ({"privacy": PrivacyConfig(central="fixed")}, "server-side clipping"),
 ])
 def test_secagg_with_server_side_clipping_or_robust_aggregation_is_a_config_error(overrides, fragment):
-    with pytest.raises(PrivacyConfigError, match=fragment):
-        resolve_privacy(FederationAppConfig(secagg=SecAggConfig(enabled=True), **overrides))
+    with pytest.raises(FederationConfigError, match=fragment):
+        check_federation(FederationAppConfig(secagg=SecAggConfig(enabled=True), **overrides))
 
 
 MASKED_POISON = {  # how a site rewrites its masked vector [weight, w, b, scale], what the reason names
@@ -177,7 +174,7 @@ def test_a_masked_vector_that_does_not_fit_the_model_is_cancelled_before_the_sum
     grid.handlers[3] = poisoned
     fed = FederationConfig(rounds=1, min_sites=3, min_available=4, round_timeout=30, connect_timeout=5)
     arrays = ArrayRecord({k: Array(v) for k, v in global_arrays.items()})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), fed), arrays, 1, fed, 0, CFG)
+    aggregate, report = train_round(grid, aggregation(fed, secagg=CFG), arrays, 1, fed, 0)
     for key in SHAPES:
         fedavg = np.mean([local[nid][key].astype(np.float64) for nid in (1, 2, 4)], axis=0)
         assert np.abs(aggregate[key].numpy() - fedavg).max() <= quantisation_step(CFG) + 1e-6

@@ -19,7 +19,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-from server.rounds import decode_updates, screen_replies
+from server.aggregation import decode_bf16_updates
+from server.rounds import screen_replies
 from server.update_screen import update_mismatch
 from shared_model.config import TrainConfig
 from shared_model.model.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint, load_weights, sha256_file
@@ -94,7 +95,8 @@ def _local_trainer():
 
 def _generator_trainer():
     from shared_model.conf import compose_app
-    from synthetic.training import STATE_FILE as GENERATOR_STATE_FILE, GeneratorTrainer
+    from synthetic.training import STATE_FILE as GENERATOR_STATE_FILE
+    from synthetic.training import GeneratorTrainer
 
     return GeneratorTrainer(nn.Linear(2, 2), compose_app("synth", ["train.device=cpu"]), None), GENERATOR_STATE_FILE
 
@@ -141,6 +143,7 @@ def test_a_crafted_update_is_rejected_without_running(tmp_path):
 
 def test_a_crafted_bf16_delta_is_rejected_without_running(tmp_path):
     canary = tmp_path / "fired"
-    kept, rejected = decode_updates([_crafted_reply(canary)], GLOBAL)
-    assert kept == [] and rejected[0].startswith("mallory: update is not a bf16 delta of the global model")
+    reply = _crafted_reply(canary)
+    kept, rejected = decode_bf16_updates([reply], GLOBAL)
+    assert kept == [] and rejected[id(reply)].startswith("update is not a bf16 delta of the global model")
     assert not canary.exists()

@@ -11,13 +11,12 @@ import torch
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from safetensors.torch import load_file
 
+from server.aggregation import decode_bf16_updates
+from server.compatibility import FederationConfigError, check_federation
 from server.federation import run_federation
 from server.round_checkpoint import latest_round
-from server.rounds import decode_updates
 from shared_model.model.exchange import exchanged_state_dict, exchanged_statistics
 from shared_model.model.update_codec import decode_bf16_delta, encode_bf16_delta
-from shared_model.privacy.errors import PrivacyConfigError
-from shared_model.privacy.plan import resolve_privacy
 from tests.fixtures.in_process_grid import InProcessGrid
 from tests.unit.test_federation import federation_cfg, grid_for
 
@@ -59,16 +58,16 @@ def test_a_reply_that_is_not_a_bf16_delta_is_rejected():
     global_arrays = ArrayRecord({"w": Array(np.zeros((2, 2), np.float32))})
     plain = Message(RecordDict({"arrays": ArrayRecord({"w": Array(np.ones((2, 2), np.float64))}),
                                 "metrics": MetricRecord({"server-round": 1})}), dst_node_id=1, message_type="train")
-    kept, reasons = decode_updates([plain], global_arrays)
-    assert kept == [] and "not a bf16 delta" in reasons[0]
+    kept, reasons = decode_bf16_updates([plain], global_arrays)
+    assert kept == [] and "not a bf16 delta" in reasons[id(plain)]
 
 
 def test_secagg_refuses_bf16_deltas(small_phantom, tmp_path):
     cfg = federation_cfg(small_phantom, tmp_path, "secagg=on", "federation.update_encoding=bf16-delta")
-    with pytest.raises(PrivacyConfigError, match="update_encoding=fp32"):
-        resolve_privacy(cfg)
-    with pytest.raises(PrivacyConfigError, match="update_encoding must be one of"):
-        resolve_privacy(federation_cfg(small_phantom, tmp_path, "federation.update_encoding=int8"))
+    with pytest.raises(FederationConfigError, match="update_encoding=fp32"):
+        check_federation(cfg)
+    with pytest.raises(FederationConfigError, match="update_encoding must be one of"):
+        check_federation(federation_cfg(small_phantom, tmp_path, "federation.update_encoding=int8"))
 
 
 def test_bf16_federation_sends_half_and_lands_near_the_fp32_aggregate(small_phantom, tmp_path):

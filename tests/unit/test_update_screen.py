@@ -11,10 +11,9 @@ import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
 from server.rounds import train_round
-from server.strategy_registry import build_strategy
-from shared_model.config import FederationConfig, StrategyConfig
+from shared_model.config import FederationConfig
 from shared_model.model.update_codec import encode_bf16_delta
-from tests.fixtures.in_process_grid import InProcessGrid
+from tests.fixtures.in_process_grid import InProcessGrid, aggregation
 
 GLOBAL = {"w": torch.zeros(3, 4), "b": torch.ones(2), "scale": torch.tensor(2.0)}
 
@@ -57,7 +56,7 @@ def test_an_update_that_does_not_fit_the_global_model_is_rejected_before_aggrega
     poison, named = POISONED[case]
     grid = InProcessGrid({1: _site("a", 1.0, encoding), 2: _site("b", 3.0, encoding),
                           3: _site("evil", 1000.0, encoding, poison)})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), _fed(encoding)),
+    aggregate, report = train_round(grid, aggregation(_fed(encoding)),
                                     ArrayRecord(GLOBAL), 1, _fed(encoding), 0)
     for key, value in GLOBAL.items():  # the honest mean, untouched by the poisoned site
         assert aggregate[key].numpy().shape == tuple(value.shape)
@@ -79,7 +78,7 @@ def test_a_float_array_whose_bytes_disagree_with_its_metadata_is_screened_by_its
         return reply
 
     grid = InProcessGrid({1: _site("a", 1.0, "fp32"), 2: _site("b", 3.0, "fp32"), 3: handle})
-    aggregate, report = train_round(grid, build_strategy(StrategyConfig(), _fed("fp32")), ArrayRecord(GLOBAL),
+    aggregate, report = train_round(grid, aggregation(_fed("fp32")), ArrayRecord(GLOBAL),
                                     1, _fed("fp32"), 0)
     assert np.allclose(aggregate["w"].numpy(), 2.0)
     assert report.rejected == ["evil: 'w' is float32[1], the global model's is float32[3, 4] (update rejected)"]
