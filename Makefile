@@ -61,6 +61,7 @@ $(BROWSER_STAMP): $(STAMP)
 	touch $(BROWSER_STAMP)
 
 test: $(STAMP) $(BROWSER_STAMP)
+	$(BIN)/ruff check .
 	RETINAFL_REQUIRE_CHROMIUM=1 $(BIN)/python -m pytest -q
 
 # deploy/requirements.lock: the exact run-time versions the container images install.

@@ -75,6 +75,7 @@ def bf16_aca_cost() -> Row:
         bf16, _, bf16_bytes = _final_aca(Path(tmp), "bf16-delta")
     se = math.sqrt(max(fp32 * (1 - fp32), 1e-4) / n)
     return Row("communication", "bf16-delta vs fp32 updates: held-out ACA after 3 rounds (3 sites, tiny)",
-               f"ACA {bf16:.3f}, {bf16_bytes / 2 ** 20:.1f} MiB received", f"ACA {fp32:.3f}, {fp32_bytes / 2 ** 20:.1f} MiB",
+               f"ACA {bf16:.3f}, {bf16_bytes / 2 ** 20:.1f} MiB received",
+               f"ACA {fp32:.3f}, {fp32_bytes / 2 ** 20:.1f} MiB",
                bf16 / fp32 if fp32 else float("nan"), f"|Δ| <= 2 SE ({2 * se:.3f})", abs(bf16 - fp32) <= 2 * se,
                f"{n} held-out images")

@@ -47,7 +47,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict:
 
     def central(name: str, manifests: str, steps: int) -> None:
         start = time.perf_counter()
-        cfg = compose_app("train", [*common, f"train.steps={steps}", f"run_dir={out / name}", f"data.manifests=[{manifests}]"])
+        cfg = compose_app("train", [*common, f"train.steps={steps}", f"run_dir={out / name}",
+                                    f"data.manifests=[{manifests}]"])
         results[name] = run_training(cfg, progress=False)["zero_shot"][TASK]
         timings[name] = time.perf_counter() - start
 
@@ -71,7 +72,8 @@ def main() -> None:
     parser.add_argument("--site-steps", type=int, default=300, help="training steps each hospital spends")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--model", default="tiny")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds; arms are averaged over them")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1],
+                        help="training seeds; arms are averaged over them")
     parser.add_argument("--out", type=Path, default=Path("runs/experiment"))
     parser.add_argument("--report", type=Path, default=Path("docs/federated_experiment.md"))
     args = parser.parse_args()
@@ -83,14 +85,16 @@ def main() -> None:
     seeds = " ".join(str(s) for s in args.seeds)
     lines = [
         "# Federated vs centralized vs single sites (phantom, held-out site)", "",
-        f"{datetime.date.today()}, {platform.machine()} CPU ({torch.get_num_threads()} threads), torch {torch.__version__}, "
+        f"{datetime.date.today()}, {platform.machine()} CPU ({torch.get_num_threads()} threads), "
+        f"torch {torch.__version__}, "
         f"`{args.model}` preset, {SITES} phantom sites with camera and label shift, held-out site of its own camera.",
         f"Budget: {args.site_steps} steps of 32 images per hospital. Site alone: {args.site_steps} steps; FedAvg: "
         f"{args.rounds} rounds x {args.site_steps // args.rounds} local steps at each of {SITES} sites; centralized "
         f"(pooled data): {SITES * args.site_steps} steps, the federation's total. Training seeds: {seeds}.", "",
         f"Reproduce: `python bench/federated_vs_centralized.py --site-steps {args.site_steps} --rounds {args.rounds} "
         f"--model {args.model} --seeds {seeds}`", "",
-        f"| arm | {TASK} zero-shot ACA, mean | per seed | AUC per seed | wall time per seed (s) |", "|---|---|---|---|---|",
+        f"| arm | {TASK} zero-shot ACA, mean | per seed | AUC per seed | wall time per seed (s) |",
+        "|---|---|---|---|---|",
     ]
     for arm in arms:
         per_seed = " / ".join(f"{r['results'][arm]['aca']:.3f}" for r in runs.values())

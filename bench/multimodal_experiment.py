@@ -51,7 +51,8 @@ def _summary(results: dict, seconds: float, steps: int) -> dict:
         out["volume"] = zero_shot[VOLUMES]["aca"]
     pairs = results.get("cross_modal", {}).get(PAIRS)
     if pairs:
-        out["retrieval"] = {"cfp_to_oct": pairs["image_to_text"]["recall"], "oct_to_cfp": pairs["text_to_image"]["recall"]}
+        out["retrieval"] = {"cfp_to_oct": pairs["image_to_text"]["recall"],
+                            "oct_to_cfp": pairs["text_to_image"]["recall"]}
     return out
 
 

@@ -19,8 +19,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from bench import aggregation, communication, data_pipeline, dp_overhead, simulation_overhead, synthetic_sampling
-from bench import training_step
+from bench import (
+    aggregation,
+    communication,
+    data_pipeline,
+    dp_overhead,
+    simulation_overhead,
+    synthetic_sampling,
+    training_step,
+)
 from bench.common import Row, device, machine
 
 BENCHMARKS = {
@@ -51,8 +58,8 @@ def markdown(rows: list[Row], info: dict, runs: dict[str, dict], quick: bool) ->
              "| benchmark | case | figure | baseline | ratio | target | result |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         note = f" ({r.note})" if r.note else ""
-        lines.append(f"| {r.benchmark} | {r.case} | {r.figure} | {r.baseline}{note} | {_ratio(r)} | {r.target or '–'} | "
-                     f"{_verdict(r)} |")
+        lines.append(f"| {r.benchmark} | {r.case} | {r.figure} | {r.baseline}{note} | {_ratio(r)} | "
+                     f"{r.target or '–'} | {_verdict(r)} |")
     lines += ["", "## What each row measures", ""]
     for name, (module, _) in BENCHMARKS.items():
         doc = " ".join(module.__doc__.split("\n\n")[0].split())
@@ -78,7 +85,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), help="run these benchmarks only")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check the harness works")
-    parser.add_argument("--out", type=Path, help="markdown report (default docs/benchmarks.md; runs/bench/ with --quick)")
+    parser.add_argument("--out", type=Path,
+                        help="markdown report (default docs/benchmarks.md; runs/bench/ with --quick)")
     args = parser.parse_args(argv)
     out = args.out or (Path("runs/bench/benchmarks.md") if args.quick else Path("docs/benchmarks.md"))
     dev = device()
@@ -89,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         console.print(f"[bold]{name}[/bold] …")
         start = time.perf_counter()
         measured = BENCHMARKS[name][1](dev, args.quick)
-        runs[name] = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        runs[name] = {"date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
                       "seconds": time.perf_counter() - start}
         for row in measured:
             row.key = name

@@ -21,12 +21,12 @@ class Conditioning:
     modalities: tuple[str, ...]
 
     @classmethod
-    def from_records(cls, records: list[Record]) -> "Conditioning":
+    def from_records(cls, records: list[Record]) -> Conditioning:
         categories = sorted({get_category(label).key for r in records for label in r.labels})
         return cls(tuple(categories), tuple(sorted({r.modality for r in records})))
 
     @classmethod
-    def federated(cls, cfg: GeneratorConfig) -> "Conditioning":
+    def federated(cls, cfg: GeneratorConfig) -> Conditioning:
         """The vocabulary every site of a federated generator shares: the whole expert dictionary
         and the configured modalities (no site's data decides it)."""
         return cls(tuple(CATEGORIES), tuple(cfg.modalities))
@@ -45,7 +45,8 @@ class Conditioning:
                                  f"{', '.join(self.categories)}")
             out[self.categories.index(key)] = 1.0
         if modality not in self.modalities:
-            raise ValueError(f"modality {modality!r} is not one the generator was trained on: {', '.join(self.modalities)}")
+            raise ValueError(f"modality {modality!r} is not one the generator was trained on: "
+                             f"{', '.join(self.modalities)}")
         out[len(self.categories) + self.modalities.index(modality)] = 1.0
         return out
 

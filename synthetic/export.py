@@ -106,19 +106,22 @@ def dataset_card(corpus: dict, audit: dict, problems: list[str], force_reason: s
           f"σ = {_fmt(privacy['noise-multiplier'])})" if privacy.get("mode") == "dp-sgd"
           else "none: the generator was trained without differential privacy")
     lines = ["# Synthetic retinal corpus", "",
-             f"{corpus['n']} synthetic images with captions, sampled from a conditional diffusion generator. No image in this folder is a patient's image; see the audit below for how close they come.",
+             f"{corpus['n']} synthetic images with captions, sampled from a conditional diffusion generator. "
+             "No image in this folder is a patient's image; see the audit below for how close they come.",
              "", "## Provenance", "",
              f"- generator: diffusers UNet2DModel, {generator['generator']}, trained {trained}",
-             f"- conditioning categories: {', '.join(generator['categories'])}; modalities: {', '.join(generator['modalities'])}",
-             f"- sampling: {corpus['sample']['scheduler']}, {corpus['steps']} steps, guidance {corpus['sample']['guidance']}, "
-             f"seed {corpus['sample']['seed']}",
+             f"- conditioning categories: {', '.join(generator['categories'])}; "
+             f"modalities: {', '.join(generator['modalities'])}",
+             f"- sampling: {corpus['sample']['scheduler']}, {corpus['steps']} steps, "
+             f"guidance {corpus['sample']['guidance']}, seed {corpus['sample']['seed']}",
              f"- label mix: {corpus['label_mix']}; modality mix: {corpus['modality_mix']}",
              f"- differential privacy of the generator: {dp}",
              "- captions: built from the conditioning labels with RetinaFL's expert-knowledge dictionary (public text)",
              "", "## Audit", "",
              f"Verdict: **{'passed' if not problems else 'FAILED'}** ({audit['n_synthetic']} synthetic vs "
              f"{audit['n_train']} training and {audit['n_heldout']} held-out real images).", "",
-             "| space | near-copy threshold | near-copy share | closer-to-train share (DCR) | median NN distance synthetic / held-out |",
+             "| space | near-copy threshold | near-copy share | closer-to-train share (DCR) "
+             "| median NN distance synthetic / held-out |",
              "|---|---|---|---|---|"]
     for space in ("pixel", "embedding"):
         s = audit.get(space)
@@ -128,7 +131,8 @@ def dataset_card(corpus: dict, audit: dict, problems: list[str], force_reason: s
                          f"{_fmt(s['median_nn_distance_heldout'])} |")
     if "label_fidelity" in audit:
         lines += ["", f"Label fidelity (zero-shot class is a conditioning label): synthetic "
-                  f"{_fmt(audit['label_fidelity']['synthetic'])}, held-out real {_fmt(audit['label_fidelity']['heldout_real'])}. "
+                  f"{_fmt(audit['label_fidelity']['synthetic'])}, "
+                  f"held-out real {_fmt(audit['label_fidelity']['heldout_real'])}. "
                   f"Diversity (mean pairwise embedding distance): synthetic {_fmt(audit['diversity']['synthetic'])}, "
                   f"held-out real {_fmt(audit['diversity']['heldout_real'])}."]
     lines += ["", f"Captions sharing a {audit['captions']['verbatim_span_chars']}-character span with a training "

@@ -30,7 +30,8 @@ def _run(args: list[str], **env: str) -> subprocess.CompletedProcess:
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("e2e")
     run = root / "run"
-    result = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={run}", *TINY_PHANTOM, *FAST])
+    result = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={run}",
+                   *TINY_PHANTOM, *FAST])
     assert result.returncode == 0, result.stderr[-3000:]
     return root, run, result
 
@@ -62,7 +63,8 @@ def test_exported_checkpoint_is_evaluated_by_someone_without_the_run(trained, tm
     root, run, _ = trained
     exported = _run([str(BIN / "retina-export"), str(run), "--out", str(tmp_path / "model")])
     assert exported.returncode == 0, exported.stderr
-    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["MODEL_CARD.md", "config.json", "model.safetensors"]
+    assert (sorted(p.name for p in (tmp_path / "model").iterdir())
+            == ["MODEL_CARD.md", "config.json", "model.safetensors"])
     elsewhere = tmp_path / "someone-else"
     elsewhere.mkdir()
     scored = processes.run([str(BIN / "retina-eval"), "checkpoint=../model", f"phantom.root={root / 'phantom'}",
@@ -121,8 +123,8 @@ def test_dp_sgd_training_keeps_a_ledger_and_its_checkpoint_evaluates(trained, re
     assert ledger["unit"] == "patient" and ledger["history"][0][2] == 3
     saved = json.loads((run / "checkpoint" / "config.json").read_text())
     assert saved["model"]["opacus_compatible"] and saved["extra"]["privacy"]["epsilon"] > 0
-    scored = _run([str(BIN / "retina-eval"), f"checkpoint={run / 'checkpoint'}", "eval=real", f"out_dir={tmp_path / 'e'}"],
-                  RETINAFL_REAL_DATA=str(real_dir))
+    scored = _run([str(BIN / "retina-eval"), f"checkpoint={run / 'checkpoint'}", "eval=real",
+                   f"out_dir={tmp_path / 'e'}"], RETINAFL_REAL_DATA=str(real_dir))
     assert scored.returncode == 0, scored.stderr[-3000:]
     refused = _run([str(BIN / "retina-train"), f"phantom.root={root / 'phantom'}", f"run_dir={tmp_path / 'bad'}",
                     *TINY_PHANTOM, *FAST, "privacy.mode=dp-sgd"])

@@ -33,7 +33,8 @@ def test_round_trip_gives_identical_weights_and_config(saved, tiny_model_cfg):
 def test_wrong_architecture_is_named(saved, tiny_model_cfg):
     _, folder = saved
     wider = dataclasses.replace(tiny_model_cfg, image=dataclasses.replace(tiny_model_cfg.image, width=96, num_heads=3))
-    with pytest.raises(CheckpointError, match=r"does not match.*shape mismatches.*image_proj.weight: file \(256, 192\) vs model \(256, 96\)"):
+    with pytest.raises(CheckpointError, match=r"does not match.*shape mismatches.*"
+                                              r"image_proj.weight: file \(256, 192\) vs model \(256, 96\)"):
         load_weights(build_model(wider, pretrained=False), folder / "model.safetensors")
     deeper = dataclasses.replace(tiny_model_cfg, image=dataclasses.replace(tiny_model_cfg.image, depth=5))
     with pytest.raises(CheckpointError, match=r"missing keys.*visual.blocks.4"):

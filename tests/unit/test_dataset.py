@@ -22,11 +22,13 @@ def site(tmp_path):
             name = f"images/p{p}_{modality}.png"
             arr = np.random.default_rng(p).integers(0, 255, (32, 40, 3 if modality == "CFP" else 1), dtype=np.uint8)
             Image.fromarray(arr.squeeze()).save(tmp_path / name)
-            rows.append([name, f"p{p}", "OD", modality, "", "amd" if p else "normal", f"Report {p} {modality}.", "train"])
+            rows.append([name, f"p{p}", "OD", modality, "", "amd" if p else "normal", f"Report {p} {modality}.",
+                         "train"])
     (tmp_path / "images" / "broken.png").write_bytes(b"\x89PNG broken")
     rows.append(["images/broken.png", "p9", "OS", "CFP", "", "glaucoma", "", "train"])
     path = tmp_path / "manifest.csv"
-    pd.DataFrame(rows, columns=["image", "patient_id", "eye", "modality", "study_id", "labels", "report", "split"]).to_csv(path, index=False)
+    pd.DataFrame(rows, columns=["image", "patient_id", "eye", "modality", "study_id", "labels", "report",
+                                "split"]).to_csv(path, index=False)
     return load_manifest(path).records
 
 
@@ -35,7 +37,8 @@ def test_pairs_are_other_modalities_of_the_same_eye(site):
     for i, record in enumerate(site):
         for j in ds.partners[i]:
             other = site[j]
-            assert (other.patient_id, other.eye) == (record.patient_id, record.eye) and other.modality != record.modality
+            assert ((other.patient_id, other.eye) == (record.patient_id, record.eye)
+                    and other.modality != record.modality)
     assert ds.partners[-1] == []
 
 

@@ -6,8 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from shared_model.losses import (ClipInfoNCELoss, FlairSoftTargetLoss, MAEReconstructionLoss,
-                                 ModalityContrastLoss)
+from shared_model.losses import ClipInfoNCELoss, FlairSoftTargetLoss, MAEReconstructionLoss, ModalityContrastLoss
 from shared_model.losses.flair_soft_targets import label_targets
 
 ONE = torch.tensor(1.0)
@@ -43,7 +42,8 @@ def test_flair_equals_clip_when_labels_are_distinct_or_missing():
     for ids in (torch.arange(6), torch.full((6,), -1)):
         assert FlairSoftTargetLoss()(a, b, torch.tensor(20.0), ids).item() == pytest.approx(clip.item(), abs=1e-6)
     # positive control: shared labels change the value
-    assert FlairSoftTargetLoss()(a, b, torch.tensor(20.0), torch.zeros(6, dtype=torch.long)).item() != pytest.approx(clip.item())
+    assert (FlairSoftTargetLoss()(a, b, torch.tensor(20.0), torch.zeros(6, dtype=torch.long)).item()
+            != pytest.approx(clip.item()))
 
 
 def test_label_targets_rows_sum_to_one_and_unlabelled_keep_diagonal():

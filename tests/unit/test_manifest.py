@@ -136,7 +136,8 @@ def test_validate_opens_every_image_unless_told_not_to(tmp_path, capsys):
     assert main(["validate", str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
     assert [line.split(": ")[1] for line in out[:2]] == ["row 4, field 'image'", "row 5, field 'image'"]
-    assert out[2] == f"{path}: 5 usable rows {{'train': 4, 'val': 1, 'test': 0}}; all rows valid; 2 of 5 images unreadable"
+    assert out[2] == (f"{path}: 5 usable rows {{'train': 4, 'val': 1, 'test': 0}}; all rows valid; "
+                      "2 of 5 images unreadable")
     assert main(["validate", "--no-images", str(path)]) == 0
     assert capsys.readouterr().out.strip() == (f"{path}: 5 usable rows {{'train': 4, 'val': 1, 'test': 0}}; all rows "
                                                "valid; images not opened (--no-images)")

@@ -21,7 +21,8 @@ from shared_model.data.preprocess import to_model_input
 from shared_model.eval.evaluate import embed_records, evaluate_model
 from shared_model.losses import EyeCLIPObjective
 from shared_model.model import build_model
-from shared_model.train import LocalTrainer, TrainStats, seed_everything
+from shared_model.runtime import seed_everything
+from shared_model.train import LocalTrainer, TrainStats
 from shared_model.train.centralized import build_training_dataset
 
 
@@ -34,7 +35,8 @@ def _write_site(folder, rows_by_manifest):
         for patient, eye, modality, labels in rows:
             name = f"images/{patient}_{eye or 'x'}_{modality}_{manifest}.png"
             shape = (64, 64, 3) if modality == "CFP" else (62, 64)
-            Image.fromarray(np.random.default_rng(len(table)).integers(0, 255, shape, dtype=np.uint8)).save(folder / name)
+            Image.fromarray(np.random.default_rng(len(table)).integers(0, 255, shape, dtype=np.uint8)).save(
+                folder / name)
             table.append([name, patient, eye, modality, labels, f"{modality} of {patient}."])
         paths[manifest] = folder / f"{manifest}.csv"
         pd.DataFrame(table, columns=["image", "patient_id", "eye", "modality", "labels", "report"]).to_csv(

@@ -13,6 +13,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from shared_model.cli.data import main
 from shared_model.config import PhantomDataConfig
 from shared_model.data import embedded
 from shared_model.data.phantom import (
@@ -32,8 +33,6 @@ from shared_model.data.phantom import (
     slice_offsets,
 )
 from shared_model.data.phantom import generate as generate_module
-from shared_model.data.readers import read_image
-from shared_model.cli.data import main
 from shared_model.data.phantom.stats import (
     fov_fraction,
     fov_mean_intensity,
@@ -45,6 +44,7 @@ from shared_model.data.phantom.stats import (
     pale_fraction,
     yellow_fraction,
 )
+from shared_model.data.readers import read_image
 
 REAL = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "real"
 SMALL = PhantomSpec(n_sites=2, images_per_site=44, heldout_images=22, image_size=64, seed=7)

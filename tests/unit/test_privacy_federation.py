@@ -25,7 +25,8 @@ def _grid(cfg, site_cfgs=None) -> InProcessGrid:
     handlers = {}
     for index, node in enumerate((101, 202)):
         site_cfg = (site_cfgs or {}).get(index, cfg)
-        handlers[node] = client_app_handler(node, {"partition-id": index, "num-partitions": 2}, flatten_config(site_cfg))
+        handlers[node] = client_app_handler(node, {"partition-id": index, "num-partitions": 2},
+                                            flatten_config(site_cfg))
     return InProcessGrid(handlers)
 
 

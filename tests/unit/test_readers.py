@@ -11,7 +11,8 @@ from shared_model.data.preprocess import crop_fov, fov_bbox, prepare_image, squa
 from shared_model.data.readers import ImageReadError, read_image, summarise_unreadable
 
 
-def _dicom(path, frames: np.ndarray, bits_stored=12, photometric="MONOCHROME2", sop_class="1.2.840.10008.5.1.4.1.1.77.1.5.4"):
+def _dicom(path, frames: np.ndarray, bits_stored=12, photometric="MONOCHROME2",
+           sop_class="1.2.840.10008.5.1.4.1.1.77.1.5.4"):
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -107,8 +108,8 @@ def test_truncated_and_garbage_files_raise_naming_the_file(tmp_path):
 def test_unreadable_files_are_summarised_by_count_naming_the_first_few():
     assert summarise_unreadable(["a.png: truncated"]) == "1 unreadable file: a.png: truncated"
     reasons = [f"{name}.png: truncated" for name in "abcde"]
-    assert summarise_unreadable(reasons) == ("5 unreadable files: a.png: truncated; b.png: truncated; c.png: truncated; "
-                                             "and 2 more")
+    assert summarise_unreadable(reasons) == ("5 unreadable files: a.png: truncated; b.png: truncated; "
+                                             "c.png: truncated; and 2 more")
 
 
 def test_fov_crop_finds_the_disc():

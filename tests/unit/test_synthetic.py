@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from shared_model.conf import compose_app
 from shared_model.data.manifest import load_manifest
 from shared_model.privacy.ledger import LEDGER_FILE, PrivacyLedger
 from synthetic.audit import run_audit
@@ -21,7 +22,6 @@ from synthetic.export import CARD, ExportRefused, export_corpus
 from synthetic.generator import GENERATOR_DIR, load_generator
 from synthetic.sampling import MANIFEST, sample_corpus
 from synthetic.training import train_generator
-from shared_model.conf import compose_app
 
 TINY = ["generator.block_channels=[16,32]", "generator.attention_levels=0", "train.batch_size=8",
         "train.warmup_steps=2", "train.lr=2e-3", "train.num_workers=0", "train.log_every=1"]
