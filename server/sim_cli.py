@@ -3,24 +3,22 @@ with Hydra. Example: ``retina-sim federation.rounds=5 strategy=fedprox run_dir=r
 
 from __future__ import annotations
 
-import argparse
-
 from shared_model.cli.errors import user_errors
+from shared_model.cli.overrides import parse_overrides
 from shared_model.conf import compose_app
 
 
 def main(argv: list[str] | None = None) -> None:
     """Compose the config and run the simulated federation; config and input errors in one line."""
-    parser = argparse.ArgumentParser(prog="retina-sim", description="RetinaFL federation simulated on this machine")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the federation config, e.g. strategy=fedprox")
-    args = parser.parse_args(argv)
+    overrides = parse_overrides("retina-sim", "RetinaFL federation simulated on this machine", "federation",
+                                "strategy=fedprox", argv)
     from server.flower_runtime import FlowerRunError
     from server.rounds import QuorumError
     from server.run_lock import RunFolderBusy
     from server.simulation import run_simulation
 
     with user_errors(FlowerRunError, QuorumError, RunFolderBusy):
-        run_simulation(compose_app("federation", args.overrides, console_logging=True), argv=args.overrides)
+        run_simulation(compose_app("federation", overrides, console_logging=True), argv=overrides)
 
 
 if __name__ == "__main__":

@@ -5,24 +5,21 @@ Example: ``retina-train model=small train.steps=2000 run_dir=runs/small``.
 
 from __future__ import annotations
 
-import argparse
-
 from rich.console import Console
 
 from shared_model.cli.errors import user_errors
+from shared_model.cli.overrides import parse_overrides
 from shared_model.conf import compose_app
 
 
 def main(argv: list[str] | None = None) -> None:
     """Compose the config, run training, print the evaluation table; config and input errors in one line."""
-    parser = argparse.ArgumentParser(prog="retina-train", description="RetinaFL centralized training")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides of the train config, e.g. model=small")
-    args = parser.parse_args(argv)
+    overrides = parse_overrides("retina-train", "RetinaFL centralized training", "train", "model=small", argv)
     from shared_model.eval.report import render_table
     from shared_model.train.centralized import run_training
 
     with user_errors():
-        cfg = compose_app("train", args.overrides, console_logging=True)
+        cfg = compose_app("train", overrides, console_logging=True)
         results = run_training(cfg)
     Console().print(render_table(results, title=f"zero-shot evaluation — {cfg.run_dir}"))
 
