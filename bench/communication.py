@@ -1,10 +1,12 @@
 """Communication: bytes one site sends per round (the serialized Flower ``ArrayRecord``), for the
 whole model in fp32 (every tensor of the state dict, frozen text tower included), the trainable
-tensors in fp32 (what RetinaFL sends), their deltas from the global weights in fp32 (same size:
-a delta is as wide as a weight), and the deltas in bf16 (``federation.update_encoding=bf16-delta``);
-ratios against the full fp32 model. Then the zero-shot cost of bf16 transfer: the same 3-round
-``retina-sim`` federation (same seeds) with fp32 and with bf16-delta updates, held-out ACA of the
-last aggregate compared with twice its standard error (none expected within noise)."""
+tensors in fp32 (what RetinaFL sends with ``federation.update_encoding=fp32``), their deltas from
+the global weights in fp32 (same size: a delta is as wide as a weight), in bf16 (``bf16-delta``)
+and in int8 with per-channel scales (``int8-delta``, target <= 0.27x the fp32 update), encoded by
+``shared_model/model/update_codec.py``; ratios against the full fp32 model. Then the zero-shot
+cost of each delta encoding: the same 3-round ``retina-sim`` federation (same seeds) with fp32,
+bf16-delta and int8-delta updates, held-out ACA of the last aggregate compared with twice its
+standard error."""
 
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from flwr.app import Array, ArrayRecord
 from bench.common import Row
 from shared_model.conf import compose_app
 from shared_model.model import build_model
-from shared_model.model.exchange import exchanged_state_dict
+from shared_model.model.exchange import exchanged_state_dict, exchanged_statistics
+from shared_model.model.update_codec import encode_update
 
 
 def record_bytes(arrays: dict[str, torch.Tensor]) -> int:
@@ -30,9 +33,10 @@ def record_bytes(arrays: dict[str, torch.Tensor]) -> int:
     return sum(len(array.data) for array in record.values())
 
 
-def bf16_bits(tensor: torch.Tensor) -> torch.Tensor:
-    """A tensor's bf16 encoding as int16 (NumPy has no bfloat16)."""
-    return tensor.to(torch.bfloat16).view(torch.int16)
+def encoded_bytes(encoding: str, local: dict[str, torch.Tensor], global_state: dict[str, torch.Tensor]) -> int:
+    """Bytes of an update as the site sends it under ``encoding``."""
+    encoded, _ = encode_update(encoding, local, global_state)
+    return record_bytes({k: torch.from_numpy(v) for k, v in encoded.items()})
 
 
 def measure(quick: bool) -> list[Row]:
@@ -42,15 +46,22 @@ def measure(quick: bool) -> list[Row]:
         model = build_model(compose_app("train", [f"model={preset}"]).model)
         full = record_bytes(model.state_dict())
         trainable = exchanged_state_dict(model)
-        deltas = {k: v - v.roll(1) for k, v in trainable.items()}  # any values: size depends on shape and dtype only
-        encodings = {"full model, fp32": full, "trainable tensors, fp32 (sent today)": record_bytes(trainable),
-                     "deltas, fp32": record_bytes(deltas),
-                     "deltas, bf16": record_bytes({k: bf16_bits(v) for k, v in deltas.items()})}
+        moved = {k: v + 1e-3 * torch.randn_like(v) if v.is_floating_point() else v for k, v in trainable.items()}
+        statistics = exchanged_statistics(model)
+        fp32 = record_bytes(trainable)
+        encodings = {"full model, fp32": full, "trainable tensors, fp32 (fp32 updates)": fp32,
+                     "deltas, fp32": record_bytes({k: v - trainable[k] for k, v in moved.items()}),
+                     "deltas, bf16 (bf16-delta)": encoded_bytes("bf16-delta", moved, trainable),
+                     "deltas, int8 per channel (int8-delta)": encoded_bytes("int8-delta", moved, trainable)}
         for name, size in encodings.items():
             rows.append(Row("communication", f"{preset}: {name}", f"{size / 2 ** 20:.1f} MiB per site per round",
                             f"{full / 2 ** 20:.1f} MiB full fp32", size / full))
+        int8 = encodings["deltas, int8 per channel (int8-delta)"]
+        rows.append(Row("communication", f"{preset}: int8-delta vs fp32 update", f"{int8 / 2 ** 20:.1f} MiB",
+                        f"{fp32 / 2 ** 20:.1f} MiB fp32 update", int8 / fp32, "<= 0.27", int8 / fp32 <= 0.27,
+                        f"{len(statistics)} running statistics travel as values"))
     if not quick:
-        rows.append(bf16_aca_cost())
+        rows += delta_aca_cost()
     return rows
 
 
@@ -69,13 +80,17 @@ def _final_aca(root: Path, encoding: str) -> tuple[float, int, int]:
     return records[-1]["server_eval"]["heldout/CFP"]["aca"], n, records[0]["bytes_received"]
 
 
-def bf16_aca_cost() -> Row:
+def delta_aca_cost() -> list[Row]:
+    """Held-out ACA of the bf16-delta and int8-delta federations against the fp32 one."""
+    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         fp32, n, fp32_bytes = _final_aca(Path(tmp), "fp32")
-        bf16, _, bf16_bytes = _final_aca(Path(tmp), "bf16-delta")
-    se = math.sqrt(max(fp32 * (1 - fp32), 1e-4) / n)
-    return Row("communication", "bf16-delta vs fp32 updates: held-out ACA after 3 rounds (3 sites, tiny)",
-               f"ACA {bf16:.3f}, {bf16_bytes / 2 ** 20:.1f} MiB received",
-               f"ACA {fp32:.3f}, {fp32_bytes / 2 ** 20:.1f} MiB",
-               bf16 / fp32 if fp32 else float("nan"), f"|Δ| <= 2 SE ({2 * se:.3f})", abs(bf16 - fp32) <= 2 * se,
-               f"{n} held-out images")
+        se = math.sqrt(max(fp32 * (1 - fp32), 1e-4) / n)
+        for encoding in ("bf16-delta", "int8-delta"):
+            aca, _, received = _final_aca(Path(tmp), encoding)
+            rows.append(Row("communication", f"{encoding} vs fp32 updates: held-out ACA after 3 rounds (3 sites, tiny)",
+                            f"ACA {aca:.3f}, {received / 2 ** 20:.1f} MiB received",
+                            f"ACA {fp32:.3f}, {fp32_bytes / 2 ** 20:.1f} MiB",
+                            aca / fp32 if fp32 else float("nan"), f"|Δ| <= 2 SE ({2 * se:.3f})",
+                            abs(aca - fp32) <= 2 * se, f"{n} held-out images"))
+    return rows

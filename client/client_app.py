@@ -7,13 +7,14 @@ from __future__ import annotations
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client.error_feedback import load_residual, save_residual
 from client.secure_aggregation import secagg_delta, secagg_mod
 from client.site_config import site_from_node_config
 from shared_model import wire
 from shared_model.config import FederationAppConfig
 from shared_model.federated.site import Expected
 from shared_model.federated.task import task_for
-from shared_model.model.update_codec import encode_bf16_delta
+from shared_model.model.update_codec import encode_update
 from shared_model.run_config import unflatten_config
 
 app = ClientApp(mods=[secagg_mod])
@@ -30,12 +31,14 @@ def _unpack(msg: Message, context: Context):
 def train(msg: Message, context: Context) -> Message:
     """Local training from the round's global weights."""
     cfg, site, config, global_state, expected = _unpack(msg, context)
-    result = task_for(cfg.task).train_site(cfg, site, global_state, int(config[wire.SERVER_ROUND]), dict(config),
-                                           expected)
-    arrays = ArrayRecord(result.state)
-    if cfg.federation.update_encoding == "bf16-delta":
-        encoded = encode_bf16_delta(result.state, global_state, result.statistics)
-        arrays = ArrayRecord({k: Array(v) for k, v in encoded.items()})
+    fed, server_round = cfg.federation, int(config[wire.SERVER_ROUND])
+    result = task_for(cfg.task).train_site(cfg, site, global_state, server_round, dict(config), expected)
+    feedback = fed.update_encoding == "int8-delta" and fed.error_feedback
+    residual = load_residual(site.state_dir, server_round) if feedback else None
+    encoded, error = encode_update(fed.update_encoding, result.state, global_state, result.statistics, residual)
+    if feedback:
+        save_residual(site.state_dir, server_round, error)
+    arrays = ArrayRecord({k: Array(v) for k, v in encoded.items()})
     if cfg.secagg.enabled:
         arrays, clipped = secagg_delta(arrays, msg.content[wire.ARRAYS], cfg.secagg.clipping_range)
         # Weight 1 per site (0 if it did not train): example counts stay hidden too.

@@ -4,7 +4,7 @@
 by name — FedAvg and FedProx averaging with :mod:`server.streaming_mean`; FedAdam, FedYogi,
 FedTrimmedAvg, FedMedian and Krum as Flower has them — wrapped, for client-level DP, in Flower's
 server-side clipping (:mod:`server.central_dp`), and the run's update encoding. Each round,
-:meth:`Aggregation.decode` turns bf16 deltas back into weights before they are screened, and
+:meth:`Aggregation.decode` turns bf16 and int8 deltas back into weights before they are screened, and
 :meth:`Aggregation.aggregate` makes the aggregate from the accepted replies: the strategy's, or
 under SecAgg+ the global weights plus the securely summed mean delta; always in the global
 model's dtypes. The strategy's round-to-round state (FedAdam/FedYogi moments) is checkpointed
@@ -27,7 +27,7 @@ from server.streaming_mean import StreamingFedAvg, StreamingFedProx
 from server.update_screen import names_mismatch
 from shared_model import wire
 from shared_model.config import FederationAppConfig, FederationConfig, StrategyConfig
-from shared_model.model.update_codec import decode_bf16_delta
+from shared_model.model.update_codec import DELTA_ENCODINGS, decode_update, weight_names
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedtrimmedavg", "fedmedian", "krum")
 # Attributes of Flower's FedOpt family that carry state from round to round.
@@ -81,9 +81,11 @@ def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     return ArrayRecord({k: Array(v.numpy().astype(reference[k].dtype, copy=False)) for k, v in arrays.items()})
 
 
-def decode_bf16_updates(replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], dict[int, str]]:
-    """Turn bf16-delta updates back into weights over ``global_arrays`` (in place); returns the
-    replies to screen and, by reply ``id``, why the others' update does not decode."""
+def decode_updates(replies: list[Message], global_arrays: ArrayRecord, encoding: str
+                   ) -> tuple[list[Message], dict[int, str]]:
+    """Turn delta-encoded updates (``bf16-delta``, ``int8-delta``) back into weights over
+    ``global_arrays`` (in place); returns the replies to screen and, by reply ``id``, why the
+    others' update does not decode."""
     kept, reasons = [], {}
     reference = {key: array.numpy() for key, array in global_arrays.items()}
     for msg in replies:
@@ -92,12 +94,12 @@ def decode_bf16_updates(replies: list[Message], global_arrays: ArrayRecord) -> t
             continue
         arrays = msg.content[wire.ARRAYS]
         try:
-            names = names_mismatch(arrays.keys(), reference)
+            names = names_mismatch(weight_names(arrays.keys()), reference)
             if names:
                 raise ValueError(names)
-            decoded = {key: decode_bf16_delta(key, array.numpy(), reference[key]) for key, array in arrays.items()}
+            decoded = decode_update(encoding, {key: array.numpy() for key, array in arrays.items()}, reference)
         except (ValueError, TypeError) as exc:
-            reasons[id(msg)] = f"update is not a bf16 delta of the global model ({exc}); rejected"
+            reasons[id(msg)] = f"update is not a {encoding} of the global model ({exc}); rejected"
             continue
         msg.content[wire.ARRAYS] = ArrayRecord({key: Array(value) for key, value in decoded.items()})
         kept.append(msg)
@@ -117,10 +119,10 @@ class Aggregation:
         self.secagg = cfg.secagg  # SecAgg+: the sites' updates arrive only as a securely summed mean
 
     def decode(self, replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], dict[int, str]]:
-        """Updates as weights of the global model, ready to be screened: bf16 deltas are decoded
-        (see :func:`decode_bf16_updates`); fp32 weights and SecAgg+'s masked vectors pass as they are."""
-        if self.encoding == "bf16-delta" and not self.secagg.enabled:
-            return decode_bf16_updates(replies, global_arrays)
+        """Updates as weights of the global model, ready to be screened: bf16 and int8 deltas are
+        decoded (see :func:`decode_updates`); fp32 weights and SecAgg+'s masked vectors pass as they are."""
+        if self.encoding in DELTA_ENCODINGS and not self.secagg.enabled:
+            return decode_updates(replies, global_arrays, self.encoding)
         return replies, {}
 
     def aggregate(self, server_round: int, accepted: list[Message], global_arrays: ArrayRecord,

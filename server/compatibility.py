@@ -34,8 +34,8 @@ def federation_problems(app: FederationAppConfig) -> list[str]:
         problems.append(f"federation.update_encoding must be one of {ENCODINGS}, got "
                         f"{app.federation.update_encoding!r}")
     elif secagg and app.federation.update_encoding != "fp32":
-        problems.append("secagg=on with federation.update_encoding=bf16-delta: SecAgg+ quantises float64 "
-                        "deltas itself; use update_encoding=fp32")
+        problems.append(f"secagg=on with federation.update_encoding={app.federation.update_encoding}: SecAgg+ "
+                        "quantises float64 deltas itself; use update_encoding=fp32")
     if central and strategy in ROBUST_STRATEGIES:
         problems.append(f"privacy.central with strategy={strategy}: client-level DP is accounted for "
                         "a clipped sum (FedAvg-type strategies only)")

@@ -361,8 +361,12 @@ class FederationConfig:
     connect_timeout: float = 300.0  # seconds to wait for min_available sites, then stop with a message
     round_timeout: float = 600.0  # round deadline: replies later than this are not waited for
     round_retries: int = 1  # a round without quorum is retried this often, then the run stops
-    # Site -> coordinator: fp32 (the new weights) | bf16-delta (the change, in bfloat16: half the bytes)
+    # Site -> coordinator (shared_model/model/update_codec.py): fp32 (the new weights) | bf16-delta
+    # (the change in bfloat16: half the bytes) | int8-delta (the change in int8, scaled per channel:
+    # a quarter of the bytes)
     update_encoding: str = "fp32"
+    # int8-delta: each site adds its previous round's quantisation error to its next update
+    error_feedback: bool = True
     evaluate_every: int = 1  # server-side evaluation of the aggregate every k rounds (0: only the last)
     # Simulation (retina-sim): one virtual site per manifest (globs allowed); empty = the phantom sites.
     sites: int = 3

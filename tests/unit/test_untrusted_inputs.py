@@ -19,7 +19,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.supercore.task_identity import TaskIdentity
 from torch import nn
 
-from server.aggregation import decode_bf16_updates
+from server.aggregation import decode_updates
 from server.rounds import screen_replies
 from server.update_screen import update_mismatch
 from shared_model.config import TrainConfig
@@ -144,6 +144,6 @@ def test_a_crafted_update_is_rejected_without_running(tmp_path):
 def test_a_crafted_bf16_delta_is_rejected_without_running(tmp_path):
     canary = tmp_path / "fired"
     reply = _crafted_reply(canary)
-    kept, rejected = decode_bf16_updates([reply], GLOBAL)
-    assert kept == [] and rejected[id(reply)].startswith("update is not a bf16 delta of the global model")
+    kept, rejected = decode_updates([reply], GLOBAL, "bf16-delta")
+    assert kept == [] and rejected[id(reply)].startswith("update is not a bf16-delta of the global model")
     assert not canary.exists()

@@ -1,5 +1,5 @@
 """Updates that do not fit the global model are rejected before anything of them is added, as
-plain weights and as bf16 deltas: without the screen a ``(1,)`` array is broadcast into every
+plain weights and as bf16 or int8 deltas: without the screen a ``(1,)`` array is broadcast into every
 element of a ``(3, 4)`` weight, an extra or missing key or an int array reaches the aggregator.
 (SecAgg+ masked vectors: tests/unit/test_secure_aggregation.py.)"""
 
@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 
 from server.rounds import train_round
 from shared_model.config import FederationConfig
-from shared_model.model.update_codec import encode_bf16_delta
+from shared_model.model.update_codec import encode_update
 from tests.fixtures.in_process_grid import InProcessGrid, aggregation
 
 GLOBAL = {"w": torch.zeros(3, 4), "b": torch.ones(2), "scale": torch.tensor(2.0)}
@@ -37,10 +37,7 @@ def _site(name: str, value: float, encoding: str, poison=None):
 
     def handle(msg: Message) -> Message:
         local = {k: torch.full_like(v, value) for k, v in GLOBAL.items()}
-        if encoding == "bf16-delta":
-            update = encode_bf16_delta(local, GLOBAL)
-        else:
-            update = {k: v.numpy() for k, v in local.items()}
+        update, _ = encode_update(encoding, local, GLOBAL)
         if poison is not None:
             update = poison(update)
         metrics = MetricRecord({"num-examples": 10, "server-round": int(msg.content["config"]["server-round"])})
@@ -50,7 +47,7 @@ def _site(name: str, value: float, encoding: str, poison=None):
     return handle
 
 
-@pytest.mark.parametrize("encoding", ["fp32", "bf16-delta"])
+@pytest.mark.parametrize("encoding", ["fp32", "bf16-delta", "int8-delta"])
 @pytest.mark.parametrize("case", list(POISONED))
 def test_an_update_that_does_not_fit_the_global_model_is_rejected_before_aggregation(encoding, case):
     poison, named = POISONED[case]
