@@ -5,6 +5,7 @@ description of the machine and versions for docs/benchmarks.md."""
 from __future__ import annotations
 
 import datetime
+import math
 import os
 import platform
 import statistics
@@ -34,6 +35,26 @@ class Row:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+def verdict(row: Row) -> str:
+    """A row's result column: pass, FAIL, or – without a target."""
+    return "–" if row.passed is None else "pass" if row.passed else "FAIL"
+
+
+def ratio_text(row: Row) -> str:
+    """A row's ratio to two decimals (– when not measured)."""
+    return "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}"
+
+
+def table_lines(rows: list[Row]) -> list[str]:
+    """The markdown table of docs/benchmarks.md: header and one line per row."""
+    lines = ["| benchmark | case | figure | baseline | ratio | target | result |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        note = f" ({r.note})" if r.note else ""
+        lines.append(f"| {r.benchmark} | {r.case} | {r.figure} | {r.baseline}{note} | {ratio_text(r)} | "
+                     f"{r.target or '–'} | {verdict(r)} |")
+    return lines
 
 
 def check(ratio: float, target: str) -> bool | None:

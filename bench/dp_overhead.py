@@ -23,11 +23,17 @@ TARGET = "<= 1.5"
 MODES = ("ghost", "hooks", "functorch")
 
 
-def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tuple[str, ...] = ()) -> tuple[dict, int]:
+def patient_units(batch_size: int) -> list[int]:
+    """The privacy unit of each image of a batch: half the patients bring two images."""
+    return [k // 2 if k % 4 < 2 else k for k in range(batch_size)]
+
+
+def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tuple[str, ...] = (),
+                modes: tuple[str, ...] = MODES) -> tuple[dict, int]:
     """The non-private trainer and one DP-SGD trainer per clipping mode, all from the same weights."""
     cfg = compose_app("train", [f"model={preset}", "privacy=dp_sgd", *overrides])
     trainers = {}
-    for mode in ("none", *MODES):
+    for mode in ("none", *modes):
         seed_everything(0)
         model = build_model(cfg.model)
         objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
@@ -49,7 +55,7 @@ def measure(dev: torch.device, quick: bool) -> list[Row]:
     cases = [("tiny", 8)] if quick else [("tiny", 16), ("tiny", 32), ("small", 16)]
     rows = []
     for preset, batch_size in cases:
-        units = [k // 2 if k % 4 < 2 else k for k in range(batch_size)]  # half the patients bring two images
+        units = patient_units(batch_size)
         trainers, size = dp_trainers(preset, units, dev, CASES[preset])
         batch = synthetic_batch(batch_size, size)
         seconds = interleaved_seconds({mode: (lambda t=t, batch=batch: t.train_step(batch))

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import math
 import time
 from pathlib import Path
 
@@ -24,11 +23,12 @@ from bench import (
     communication,
     data_pipeline,
     dp_overhead,
+    gpu_check,
     simulation_overhead,
     synthetic_sampling,
     training_step,
 )
-from bench.common import Row, device, machine
+from bench.common import Row, device, machine, ratio_text, table_lines, verdict
 
 BENCHMARKS = {
     "training": (training_step, lambda dev, quick: training_step.measure(dev, quick)),
@@ -41,33 +41,21 @@ BENCHMARKS = {
 }
 
 
-def _verdict(row: Row) -> str:
-    return "–" if row.passed is None else "pass" if row.passed else "FAIL"
-
-
-def _ratio(row: Row) -> str:
-    return "–" if math.isnan(row.ratio) else f"{row.ratio:.2f}"
-
-
-def markdown(rows: list[Row], info: dict, runs: dict[str, dict], quick: bool) -> str:
-    """docs/benchmarks.md: machine and versions, the table, what each benchmark measures."""
+def markdown(rows: list[Row], info: dict, runs: dict[str, dict], quick: bool, gpu: dict | None = None) -> str:
+    """docs/benchmarks.md: machine and versions, the table, what each benchmark measures, and the
+    GPU check's section (``gpu``: its recorded results; None: its rows say not measured)."""
     lines = ["# Benchmarks", "",
              "Written by `python -m bench.run`" + (" --quick (reduced sizes: not figures to quote)" if quick else "")
              + ". Each ratio is measured in one run against its baseline on the same machine.", "",
              "| machine | |", "|---|---|", *[f"| {k} | {v} |" for k, v in info.items()], "",
-             "| benchmark | case | figure | baseline | ratio | target | result |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        note = f" ({r.note})" if r.note else ""
-        lines.append(f"| {r.benchmark} | {r.case} | {r.figure} | {r.baseline}{note} | {_ratio(r)} | "
-                     f"{r.target or '–'} | {_verdict(r)} |")
-    lines += ["", "## What each row measures", ""]
+             *table_lines(rows), "", "## What each row measures", ""]
     for name, (module, _) in BENCHMARKS.items():
         doc = " ".join(module.__doc__.split("\n\n")[0].split())
         took = runs.get(name, {}).get("seconds")
         when = (f", measured {runs[name]['date']}" + (f" in {took:.0f} s" if took is not None else "")
                 if name in runs else ", not run")
         lines.append(f"- **{name}** (`bench/{Path(module.__file__).name}`{when}): {doc}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines) + "\n\n" + gpu_check.section(gpu)
 
 
 def _kept(out: Path, rerun: list[str]) -> tuple[list[Row], dict[str, dict]]:
@@ -101,20 +89,20 @@ def main(argv: list[str] | None = None) -> None:
                       "seconds": time.perf_counter() - start}
         for row in measured:
             row.key = name
-            console.print(f"  {row.case}: {row.figure} vs {row.baseline} -> {_ratio(row)} {row.target} {_verdict(row)}",
-                          highlight=False)
+            console.print(f"  {row.case}: {row.figure} vs {row.baseline} -> {ratio_text(row)} {row.target} "
+                          f"{verdict(row)}", highlight=False)
         rows += measured
     info = machine(dev)
     out.parent.mkdir(parents=True, exist_ok=True)
     order = list(BENCHMARKS)
     rows.sort(key=lambda r: order.index(r.key))
-    out.write_text(markdown(rows, info, runs, args.quick))
+    out.write_text(markdown(rows, info, runs, args.quick, gpu_check.load(out.parent)))
     out.with_name("benchmarks.json").write_text(json.dumps({"machine": info, "runs": runs,
                                                             "rows": [r.as_dict() for r in rows]},
                                                            indent=1, allow_nan=True) + "\n")
     table = Table("benchmark", "case", "ratio", "target", "result", title=str(out))
     for r in rows:
-        table.add_row(r.benchmark, r.case, _ratio(r), r.target or "–", _verdict(r))
+        table.add_row(r.benchmark, r.case, ratio_text(r), r.target or "–", verdict(r))
     console.print(table)
 
 
