@@ -1,7 +1,7 @@
 """The real-data experiment (docs/real_data_experiment.md, README table): on the three real ODIR
 hospital sites of ``shared/data/odir_sites``, at equal compute, FedAvg vs centralized training on
 the pooled data vs each site alone, a DP-SGD federation (patient unit, ε <= 8 per site over the
-whole run), a bf16-delta federation, and the frozen ImageNet tower with no training; every arm
+whole run), bf16-delta and int8-delta federations, and the frozen ImageNet tower with no training; every arm
 scored on ``val.csv`` (patients at no site) by the common evaluator.
 
   python -m bench.real_data_experiment [--site-steps 500] [--rounds 5] [--seeds 0 1] [--arms ...]
@@ -30,15 +30,18 @@ from shared_model.conf import compose_app
 
 SITES = 3
 TASK = "odir_val/CFP"
-ARMS = ("fedavg", "centralized", "site0", "site1", "site2", "fedavg_dp", "fedavg_bf16", "frozen_imagenet")
+ARMS = ("fedavg", "centralized", "site0", "site1", "site2", "fedavg_dp", "fedavg_bf16", "fedavg_int8",
+        "frozen_imagenet")
 LABELS = {"fedavg": "FedAvg, 3 sites", "centralized": "centralized (pooled data)", "site0": "site 0 alone",
           "site1": "site 1 alone", "site2": "site 2 alone", "fedavg_dp": "FedAvg + DP-SGD (patient, ε ≤ 8)",
-          "fedavg_bf16": "FedAvg, bf16-delta updates", "frozen_imagenet": "frozen ImageNet tower, no training"}
+          "fedavg_bf16": "FedAvg, bf16-delta updates", "fedavg_int8": "FedAvg, int8-delta updates",
+          "frozen_imagenet": "frozen ImageNet tower, no training"}
 # Its projections are untrained, so its zero-shot figures mean nothing: only its probes are shown.
 NO_ZERO_SHOT = {"frozen_imagenet"}
 # The federated arms: their experiment config and what they change on top of it.
 FEDERATIONS = {"fedavg": ("real_federation", []), "fedavg_dp": ("real_federation_dp", []),
-               "fedavg_bf16": ("real_federation", ["federation.update_encoding=bf16-delta"])}
+               "fedavg_bf16": ("real_federation", ["federation.update_encoding=bf16-delta"]),
+               "fedavg_int8": ("real_federation", ["federation.update_encoding=int8-delta"])}
 
 
 def _summary(results: dict, seconds: float) -> dict:
