@@ -47,13 +47,13 @@ class Expected:
         return cls(config.get(wire.MODEL_SCHEMA), config.get(wire.APP_VERSION))
 
     def check(self, site: str, model: torch.nn.Module) -> None:
-        """Raise :class:`SchemaMismatchError` unless this site's model and version match."""
-        from flwr.app import ArrayRecord
-
+        """Raise :class:`SchemaMismatchError` unless this site's model and version match (the digest
+        over NumPy views equals the coordinator's over its Flower arrays: same names, shapes, dtypes)."""
         problems = []
         if self.version is not None and self.version != app_version():
             problems.append(f"app version: coordinator {self.version}, site {app_version()}")
-        if self.schema is not None and self.schema != schema_digest(ArrayRecord(exchanged_state_dict(model))):
+        exchanged = {name: value.numpy() for name, value in exchanged_state_dict(model).items()}
+        if self.schema is not None and self.schema != schema_digest(exchanged):
             problems.append("model schema (exchanged tensor names, shapes or dtypes) differs from the coordinator's")
         if problems:
             raise SchemaMismatchError(f"site {site} cannot take part: " + "; ".join(problems)

@@ -13,6 +13,7 @@ path.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from importlib.metadata import entry_points
 from pathlib import Path
 
@@ -24,36 +25,36 @@ from shared_model.federated.site import Expected, RoundResult, Site
 ENTRY_POINTS = "retinafl.federated_tasks"
 
 
-class FederatedTask:
-    """One task's operations; a subclass overrides what its federation does."""
+class FederatedTask(ABC):
+    """One task's operations; a subclass implements what its federation does."""
 
     name: str = ""
     federated_evaluation: bool = False  # whether sites score each aggregate on their test split
 
+    @abstractmethod
     def resolve(self, app: FederationAppConfig) -> FederationAppConfig:
         """``app`` with its privacy settings checked for this task (PrivacyConfigError listing
         every problem) and the model fixes DP-SGD needs applied."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_model(self, app: FederationAppConfig) -> torch.nn.Module:
         """The model the federation trains, freshly initialised from ``app``'s seed state."""
-        raise NotImplementedError
 
+    @abstractmethod
     def train_site(self, app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor],
                    server_round: int, config: dict, expected: Expected = Expected()) -> RoundResult:
         """One site's training round from the global weights; ``config``: the round's config record."""
-        raise NotImplementedError
 
     def evaluate_site(self, app: FederationAppConfig, site: Site, global_state: dict[str, torch.Tensor],
                       server_round: int, expected: Expected = Expected()) -> dict[str, float]:
         """A site's score of the global weights on its test split (only if ``federated_evaluation``)."""
-        raise NotImplementedError(f"task {self.name!r} has no federated evaluation")
+        raise RuntimeError(f"task {self.name!r} has no federated evaluation (federated_evaluation is False)")
 
+    @abstractmethod
     def write_model(self, model: torch.nn.Module, app: FederationAppConfig, folder: Path, server_round: int,
                     privacy: dict) -> list[str]:
         """Write a round's global model into ``folder``; returns the file names written.
         ``privacy``: the run's privacy state (settings, per-round site records)."""
-        raise NotImplementedError
 
     def evaluate(self, model: torch.nn.Module, app: FederationAppConfig, device: torch.device) -> dict:
         """The common evaluator's results for an aggregate at the coordinator ({}: none)."""
