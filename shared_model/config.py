@@ -206,6 +206,12 @@ class DataConfig:
     # rebalancing; 1: every class equally often. Not with DP-SGD (its sampling must be Poisson).
     class_balance: float = 0.0
     num_workers: int = 1
+    # Decoded-image cache (data/decoded_cache.py): each training image decoded, FOV-cropped and resized
+    # once, kept as uint8 at model.image.image_size in a memory-mapped file, rebuilt when the manifests,
+    # image files, image size or preprocessing change. A relative folder lies in the site's state dir
+    # (retina-train: the run folder). null: off (images are decoded at each use). It holds a second,
+    # downscaled copy of every training image (about 150 kB an image at 224 px).
+    cache_dir: str | None = None
     # Invalid manifest rows: strict stops with every error listed; otherwise they are dropped and counted.
     strict: bool = True
 

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from shared_model.data.augment import augment_batch, draw_params
+from shared_model.data.decoded_cache import DecodedCache
 from shared_model.data.manifest import Record
 from shared_model.data.pairing import modality_partners, summarise_pairs
 from shared_model.data.preprocess import prepare_image, to_model_input
@@ -62,11 +63,16 @@ class RetinaDataset(Dataset):
 
     ``volume_slices`` > 0 (a model with the slice adapter) embeds that many slices of each volume,
     their positions taken from a table of ``volume_table`` entries; 0 gives one B-scan a volume
-    (random in training, the central one otherwise)."""
+    (random in training, the central one otherwise).
+
+    ``cache`` (:mod:`shared_model.data.decoded_cache`, filled from these ``records`` at
+    ``image_size``) serves the images it holds instead of decoding them; the items are the same
+    up to its uint8 rounding, and every random draw is the same."""
 
     def __init__(self, records: list[Record], image_size: int, train: bool = True, text_source: str = "mixed",
                  pair_modalities: bool = False, augment: bool = True, class_balance: float = 0.0,
-                 pair_by: str = "eye", volume_slices: int = 0, volume_table: int = 0):
+                 pair_by: str = "eye", volume_slices: int = 0, volume_table: int = 0,
+                 cache: DecodedCache | None = None):
         if text_source not in TEXT_SOURCES:
             raise ValueError(f"data.text_source must be one of {TEXT_SOURCES}, got {text_source!r}")
         if not 0.0 <= class_balance <= 1.0:
@@ -74,7 +80,11 @@ class RetinaDataset(Dataset):
         if volume_slices > volume_table:
             raise ValueError(f"{volume_slices} slices a volume exceed the model's table of {volume_table} "
                              "(model.volume_max_slices)")
+        if cache is not None and (len(cache) != len(records) or cache.image_size != image_size):
+            raise ValueError(f"the decoded cache {cache.path} holds {len(cache)} images at {cache.image_size} px, "
+                             f"not these {len(records)} at {image_size} px")
         self.records = records
+        self.cache = cache
         self.sample_weights = class_weights(records, class_balance) if class_balance > 0 else None
         self.image_size = image_size
         self.train = train
@@ -95,19 +105,32 @@ class RetinaDataset(Dataset):
             or (self.text_source == "mixed" and rng.random() < 0.5))
         return record.report if use_report else build_caption(record.labels, rng, record.modality)
 
-    def image_for(self, record: Record, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None,
-                                                                        torch.Tensor | None]:
-        """Decoded, preprocessed image in [0, 1], its augmentation parameters (when augmenting)
-        and, for a volume embedded through the adapter, its slices' positions (else None)."""
-        frames = read_frames(record, self.image_size)
-        colour = frames.shape[-1] == 3
-        if len(frames) > 1 and self.volume_slices > 0:
-            picked = volume_slices(len(frames), self.volume_slices, gen if self.train else None)
-            image = torch.stack([prepare_image(frames[i], record.modality, self.image_size) for i in picked.tolist()])
-            positions = slice_positions(picked, len(frames), self.volume_table)
-        else:  # one frame: in training a random one (a 2-D image draws index 0), else the central one
-            index = int(torch.randint(0, len(frames), (), generator=gen)) if self.train else len(frames) // 2
-            image, positions = prepare_image(frames[index], record.modality, self.image_size), None
+    def _frame_index(self, n_frames: int, gen: torch.Generator) -> int:
+        """The frame of an item shown as one image: in training a random one (a 2-D image draws
+        index 0), else the central one."""
+        return int(torch.randint(0, n_frames, (), generator=gen)) if self.train else n_frames // 2
+
+    def image_for(self, index: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None,
+                                                                     torch.Tensor | None]:
+        """Record ``index``'s preprocessed image in [0, 1] (from the cache, or decoded), its
+        augmentation parameters (when augmenting) and, for a volume embedded through the adapter,
+        its slices' positions (else None)."""
+        record = self.records[index]
+        cached = self.cache.get(index) if self.cache is not None else None
+        positions = None
+        if cached is not None:
+            image, colour = cached
+            self._frame_index(1, gen)  # the draw of a decoded 2-D image, so the later draws match it
+        else:
+            frames = read_frames(record, self.image_size)
+            colour = frames.shape[-1] == 3
+            if len(frames) > 1 and self.volume_slices > 0:
+                picked = volume_slices(len(frames), self.volume_slices, gen if self.train else None)
+                image = torch.stack([prepare_image(frames[i], record.modality, self.image_size)
+                                     for i in picked.tolist()])
+                positions = slice_positions(picked, len(frames), self.volume_table)
+            else:
+                image = prepare_image(frames[self._frame_index(len(frames), gen)], record.modality, self.image_size)
         params = draw_params(gen, colour=colour) if self.augment else None
         return image, params, positions
 
@@ -116,7 +139,7 @@ class RetinaDataset(Dataset):
         record = self.records[index]
         rng, gen = random.Random(seed), torch.Generator().manual_seed(seed)
         try:
-            image, params, positions = self.image_for(record, gen)
+            image, params, positions = self.image_for(index, gen)
             item = {"image": image, "aug": params, "positions": positions, "modality": record.modality,
                     "text": self.text_for(record, rng),
                     "labels": ";".join(sorted(record.labels)), "path": str(record.image), "index": index}
@@ -124,9 +147,10 @@ class RetinaDataset(Dataset):
             return {"error": str(exc), "path": str(record.image)}
         candidates = self.partners[index] if self.pair_modalities else []
         if candidates:
-            partner = self.records[candidates[rng.randrange(len(candidates))]]
+            partner_index = candidates[rng.randrange(len(candidates))]
+            partner = self.records[partner_index]
             try:
-                image, params, positions = self.image_for(partner, gen)
+                image, params, positions = self.image_for(partner_index, gen)
                 item.update(partner=image, partner_aug=params, partner_positions=positions,
                             partner_modality=partner.modality, partner_text=self.text_for(partner, rng),
                             partner_labels=";".join(sorted(partner.labels)))

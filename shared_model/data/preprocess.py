@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, IMAGENET_INCEPTION_MEAN, IMAGENET_INCEPTION_STD
 from torchvision.transforms.v2 import functional as TF
 
+# Bump whenever the readers or prepare_image change the pixels they produce: it invalidates every
+# decoded cache (shared_model/data/decoded_cache.py).
+VERSION = 1
+
 # Modalities photographed through the pupil have a circular field of view on black.
 FOV_MODALITIES = frozenset({"CFP", "FFA", "FAF", "ICGA", "UWF", "IR"})
 

@@ -91,7 +91,7 @@ class FoundationTask(FederatedTask):
         device = resolve_device(site.device)
         model = _site_model(app, site, global_state, expected)
         objective = EyeCLIPObjective(app.loss, app.model.mae.norm_pix_loss)
-        dataset = build_training_dataset(records, app, site.name)
+        dataset = build_training_dataset(records, app, site.name, site.state_dir, progress)
         proximal_mu = float(config.get(wire.PROXIMAL_MU, 0.0))
         proximal = ProximalTerm(model, proximal_mu) if proximal_mu > 0 else None
         total_steps = app.federation.rounds * app.train.steps

@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 from shared_model.atomic_files import write_json_atomic
 from shared_model.config import TrainAppConfig
 from shared_model.data.dataset import RetinaDataset
+from shared_model.data.decoded_cache import open_cache
 from shared_model.data.embedded import ensure_phantom
 from shared_model.data.manifest import Record, load_training_records
 from shared_model.data.readers import summarise_unreadable
@@ -41,8 +42,12 @@ def objective_terms(cfg: TrainAppConfig) -> dict[str, str]:
     return term_status(cfg.loss, cfg.data.pair_modalities, cfg.model.mae.enabled, cfg.privacy.mode == "dp-sgd")
 
 
-def build_training_dataset(records: list[Record], cfg: TrainAppConfig, site: str | None = None) -> RetinaDataset:
+def build_training_dataset(records: list[Record], cfg: TrainAppConfig, site: str | None = None,
+                           state_dir: Path | None = None, progress: bool = False) -> RetinaDataset:
     """The augmented training data set of a run (centralized, or the named site's), as configured.
+
+    With ``data.cache_dir`` set, its images come from the decoded cache (filled first when absent
+    or outdated); a relative folder lies in ``state_dir`` (the site's), else in the run folder.
 
     When the cross-modality term is on, the pairs found are logged; none at all is an error for a
     centralized run and a warning at a site (the term is then not computed there, and absent from
@@ -50,9 +55,14 @@ def build_training_dataset(records: list[Record], cfg: TrainAppConfig, site: str
     table = cfg.model.volume_max_slices
     slices = min(cfg.data.volume_slices or table, table)
     pairing = objective_terms(cfg)["image_image"] == "on"
-    dataset = RetinaDataset(records, cfg.model.image.image_size, train=True, text_source=cfg.data.text_source,
+    size = cfg.model.image.image_size
+    cache = None
+    if cfg.data.cache_dir:
+        folder = (state_dir or Path(cfg.run_dir)) / Path(cfg.data.cache_dir).expanduser()
+        cache = open_cache(records, size, folder, site or "train", cfg.data.num_workers, progress)
+    dataset = RetinaDataset(records, size, train=True, text_source=cfg.data.text_source,
                             pair_modalities=pairing, augment=cfg.data.augment, class_balance=cfg.data.class_balance,
-                            pair_by=cfg.data.pair_by, volume_slices=slices, volume_table=table)
+                            pair_by=cfg.data.pair_by, volume_slices=slices, volume_table=table, cache=cache)
     if pairing:
         where = f"site {site}" if site else "training data"
         log.info("%s: modality pairs by %s: %s", where, cfg.data.pair_by, dataset.pairing.line())
@@ -95,7 +105,7 @@ def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:
     check_run_folder(run_dir, 2 * checkpoint_nbytes(model))
     write_resolved_config(cfg, run_dir)
     objective = EyeCLIPObjective(cfg.loss, cfg.model.mae.norm_pix_loss)
-    dataset = build_training_dataset(records, cfg)
+    dataset = build_training_dataset(records, cfg, progress=progress)
     ckpt = run_dir / CHECKPOINT_DIR
     session = None
     if cfg.privacy.mode == "dp-sgd":  # the run folder holds the ledger: it is this trainer's "site"
