@@ -4,11 +4,11 @@
 by name — FedAvg and FedProx averaging with :mod:`server.streaming_mean`; FedAdam, FedYogi,
 FedTrimmedAvg, FedMedian and Krum as Flower has them — wrapped, for client-level DP, in Flower's
 server-side clipping (:mod:`server.central_dp`), and the run's update encoding. Each round,
-:meth:`Aggregation.decode` turns bf16 and int8 deltas back into weights before they are screened, and
-:meth:`Aggregation.aggregate` makes the aggregate from the accepted replies: the strategy's, or
-under SecAgg+ the global weights plus the securely summed mean delta; always in the global
-model's dtypes. The strategy's round-to-round state (FedAdam/FedYogi moments) is checkpointed
-with every round through :meth:`Aggregation.state` and :meth:`Aggregation.restore`.
+:meth:`Aggregation.decode` turns a bf16 or int8 delta back into weights before it is screened,
+:meth:`Aggregation.begin` starts the round's fold (:mod:`server.round_fold`), into which each
+accepted update goes as it arrives, and :meth:`Aggregation.finish` makes the aggregate, always in
+the global model's dtypes. The strategy's round-to-round state (FedAdam/FedYogi moments) is
+checkpointed with every round through :meth:`Aggregation.state` and :meth:`Aggregation.restore`.
 
 The config names a registry entry, never an import path: whoever submits a run cannot make the
 coordinator import arbitrary code.
@@ -16,13 +16,13 @@ coordinator import arbitrary code.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAdam, FedMedian, FedTrimmedAvg, FedYogi, Krum, Strategy
+from flwr.serverapp.strategy.fedopt import FedOpt
 
 from server.central_dp import wrap_central_dp
+from server.round_fold import KeptFold, MeanFold, RoundFold, SecureFold
 from server.streaming_mean import StreamingFedAvg, StreamingFedProx
 from server.update_screen import names_mismatch
 from shared_model import wire
@@ -117,6 +117,7 @@ class Aggregation:
         self.strategy = wrap_central_dp(self._inner, cfg.privacy, cfg.federation) if central else self._inner
         self.encoding = cfg.federation.update_encoding
         self.secagg = cfg.secagg  # SecAgg+: the sites' updates arrive only as a securely summed mean
+        self._sum_buffers: dict[str, np.ndarray] = {}  # the running sums' memory, kept from round to round
 
     def decode(self, replies: list[Message], global_arrays: ArrayRecord) -> tuple[list[Message], dict[int, str]]:
         """Updates as weights of the global model, ready to be screened: bf16 and int8 deltas are
@@ -125,18 +126,31 @@ class Aggregation:
             return decode_updates(replies, global_arrays, self.encoding)
         return replies, {}
 
-    def aggregate(self, server_round: int, accepted: list[Message], global_arrays: ArrayRecord,
-                  secure_mean: Sequence[np.ndarray] | None = None) -> tuple[ArrayRecord | None, dict]:
-        """The next global weights (None if the strategy made none) and the replies' aggregated
-        metrics. Under SecAgg+ ``secure_mean`` is the unmasked mean delta of the accepted sites."""
+    def begin(self, server_round: int, global_arrays: ArrayRecord) -> RoundFold:
+        """A new fold for one try at a round (:mod:`server.round_fold`): accepted replies go in one
+        at a time with ``add``, ``result`` makes the aggregate."""
         if self.secagg.enabled:
-            aggregate = ArrayRecord({key: Array(np.asarray(array.numpy().astype(np.float64) + delta,
-                                                           dtype=array.dtype))
-                                     for (key, array), delta in zip(global_arrays.items(), secure_mean, strict=True)})
-            metrics = self._inner.train_metrics_aggr_fn([m.content for m in accepted], self.weight_key)
-        else:
-            aggregate, metrics = self.strategy.aggregate_train(server_round, accepted)
-        return (None if aggregate is None else cast_like(aggregate, global_arrays)), dict(metrics or {})
+            return SecureFold(server_round, global_arrays, self.weight_key, self._inner.train_metrics_aggr_fn)
+        if isinstance(self._inner, (StreamingFedAvg, FedOpt)):
+            return MeanFold(server_round, global_arrays, self.strategy, self._inner, self.weight_key,
+                            self._sum_buffers)
+        return KeptFold(server_round, global_arrays, self.strategy, self._inner, self.weight_key)
+
+    def finish(self, fold: RoundFold) -> tuple[ArrayRecord | None, dict]:
+        """The next global weights (None if the strategy made none), in the global model's dtypes,
+        and the replies' aggregated metrics."""
+        aggregate, metrics = fold.result()
+        return (None if aggregate is None else cast_like(aggregate, fold.global_arrays)), metrics
+
+    @property
+    def central_clipping_norm(self) -> float | None:
+        """Client-level DP's clipping norm for the next round (adaptive clipping moves it after
+        every round; checkpointed with the privacy state), None without client-level DP."""
+        return float(self.strategy.clipping_norm) if self.strategy is not self._inner else None
+
+    @central_clipping_norm.setter
+    def central_clipping_norm(self, value: float) -> None:
+        self.strategy.clipping_norm = float(value)
 
     def state(self) -> dict[str, np.ndarray]:
         """Round-to-round state of the strategy as ``{"m_t/<weight name>": array, ...}`` (empty for

@@ -80,6 +80,8 @@ class FederatedRun:
         if cfg.privacy.central != "none":
             self.accountant = CentralAccountant(cfg.privacy, cfg.federation,
                                                 self.state.privacy["central"].get("accountant"))
+            if cfg.privacy.central == "adaptive" and "clipping_norm" in self.state.privacy["central"]:  # resumed
+                self.aggregation.central_clipping_norm = self.state.privacy["central"]["clipping_norm"]
         self.model.to(self.device)
         self.last_results: dict = {}  # the common evaluator's last results (for eval/)
         self.server_eval: dict = {}  # this round's zero-shot summary (empty: not evaluated)
@@ -147,7 +149,8 @@ class FederatedRun:
             privacy_round.update(central_sites=len(report.sites),
                                  central_epsilon=self.accountant.release(len(report.sites)))
             state.privacy["central"].update(accountant=self.accountant.state_dict(),
-                                            epsilon=self.accountant.epsilon(), delta=self.accountant.delta)
+                                            epsilon=self.accountant.epsilon(), delta=self.accountant.delta,
+                                            clipping_norm=self.aggregation.central_clipping_norm)
         state.privacy["rounds"].append(privacy_round)
         self.grid.get_node_ids()  # raises if the run was stopped meanwhile: a stopped run writes no further round
         try:

@@ -51,8 +51,10 @@ def render_privacy_report(cfg: FederationAppConfig, privacy: dict) -> str:
               if cfg.secagg.enabled else "off (the coordinator sees each site's update)")
     site_dp = (f"DP-SGD (Opacus), unit **{p.unit}**, clipping C={p.max_grad_norm:g}, accountant {p.accountant}, "
                f"budget ε={p.epsilon_budget:g} per site" if p.mode == "dp-sgd" else "off")
-    central_line = (f"{p.central} clipping, noise multiplier {p.central_noise_multiplier:g}, clip "
-                    f"{p.central_clip:g}, δ={_fmt(central.get('delta'))}, ε so far {_fmt(central.get('epsilon'))}"
+    clip = (f"{p.central_clip:g}" if p.central == "fixed" else
+            f"{p.central_clip:g} at first, {_fmt(central.get('clipping_norm'))} for the next round")
+    central_line = (f"{p.central} clipping, noise multiplier {p.central_noise_multiplier:g}, clip {clip}, "
+                    f"δ={_fmt(central.get('delta'))}, ε so far {_fmt(central.get('epsilon'))}"
                     if p.central != "none" else "off")
     rng = next((s.get("rng") for r in rounds for s in r.get("sites", {}).values() if s.get("rng")), "—")
     lines = [f"# Privacy report — {cfg.run_dir}", "",

@@ -27,17 +27,17 @@ import logging
 import random
 import time
 import zlib
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from server.aggregation import Aggregation
+from server.reply_stream import stream_replies
+from server.round_fold import RoundFold, SecureFold, release_update
 from server.secure_aggregation import SecAggAbort, quantisation_step, secure_mean
 from server.update_screen import masked_mismatch, update_mismatch
 from shared_model import wire
@@ -136,58 +136,58 @@ def site_name(message: Message, registered: dict[int, str] | None = None) -> str
     return (registered or {}).get(node) or _claimed_name(message) or f"node-{node}"
 
 
-def _reject_impostors(replies: list[Message], registered: dict[int, str]) -> tuple[list[Message], list[str]]:
-    """Replies whose claimed name contradicts their registered key, and replies that share a
-    name with another (none of them can be told apart), are rejected."""
-    kept, reasons = [], []
-    for msg in replies:
-        claimed, known = _claimed_name(msg), registered.get(msg.metadata.src_node_id)
+class ReplyScreen:
+    """Screens a round's replies one at a time (module doc), remembering the names already
+    heard: a reply under a name another node replied under before is rejected — every site needs
+    its own name. ``check``: why a reply's update cannot be added to the global model
+    (:mod:`server.update_screen`), None for replies without weights; ``registered``: node id ->
+    registered site name (:func:`registered_names`)."""
+
+    def __init__(self, server_round: int, check: Callable[[Message], str | None] | None,
+                 registered: dict[int, str] | None = None):
+        self.server_round, self.check, self.registered = server_round, check, registered or {}
+        self._heard: dict[str, int] = {}  # site name -> the node that first replied under it
+
+    def __call__(self, msg: Message) -> str | None:
+        """Why ``msg`` is rejected (logged), or None when it may be aggregated."""
+        reason = self._reason(msg)
+        if reason:
+            log.warning("round %d: %s", self.server_round, reason)
+        return reason
+
+    def _reason(self, msg: Message) -> str | None:
+        node = msg.metadata.src_node_id
+        claimed, known = _claimed_name(msg), self.registered.get(node)
         if known and claimed and claimed != known:
-            reasons.append(f"node {msg.metadata.src_node_id}: claims to be site {claimed!r} but its key is registered "
-                           f"as {known!r} (rejected)")
-        else:
-            kept.append(msg)
-    names = Counter(site_name(m, registered) for m in kept)
-    twice = {name for name, n in names.items() if n > 1}
-    for name in sorted(twice):
-        nodes = sorted(m.metadata.src_node_id for m in kept if site_name(m, registered) == name)
-        reasons.append(f"{len(nodes)} sites reply as {name!r} (nodes {', '.join(map(str, nodes))}): all rejected, "
-                       "every site needs its own name")
-    return [m for m in kept if site_name(m, registered) not in twice], reasons
+            return f"node {node}: claims to be site {claimed!r} but its key is registered as {known!r} (rejected)"
+        name = site_name(msg, self.registered)
+        first = self._heard.setdefault(name, node)
+        if first != node:
+            return (f"node {node}: replies as {name!r}, as node {first} did first (rejected: every site needs "
+                    "its own name)")
+        if msg.has_error():
+            return f"{name}: error reply ({msg.error.reason})"
+        metrics = next(iter(msg.content.metric_records.values()), None)
+        if metrics is None or int(metrics.get(wire.SERVER_ROUND, -1)) != self.server_round:
+            got = None if metrics is None else metrics.get(wire.SERVER_ROUND)
+            return f"{name}: reply for round {got}, this is round {self.server_round} (stale, discarded)"
+        if int(metrics.get(wire.BUDGET_EXHAUSTED, 0)):
+            return (f"{name}: stopped training, its next round would pass its privacy budget "
+                    f"(ε spent {float(metrics.get(wire.EPSILON, float('nan'))):.3g})")
+        reason = self.check(msg) if self.check is not None else None
+        return f"{name}: {reason} (update rejected)" if reason else None
 
 
 def screen_replies(replies: list[Message], server_round: int, check: Callable[[Message], str | None] | None,
                    registered: dict[int, str] | None = None) -> tuple[list[Message], list[str]]:
-    """Split replies into usable ones (sorted by site name, so aggregation order is fixed) and
-    reasons for the rejected ones. ``check``: why a reply's update cannot be added to the global
-    model (:mod:`server.update_screen`), None for replies without weights; ``registered``: node
-    id -> registered site name (:func:`registered_names`)."""
-    registered = registered or {}
-    replies, rejected = _reject_impostors(replies, registered)
-    accepted = []
-    for msg in replies:
-        name = site_name(msg, registered)
-        if msg.has_error():
-            rejected.append(f"{name}: error reply ({msg.error.reason})")
-            continue
-        metrics = next(iter(msg.content.metric_records.values()), None)
-        if metrics is None or int(metrics.get(wire.SERVER_ROUND, -1)) != server_round:
-            got = None if metrics is None else metrics.get(wire.SERVER_ROUND)
-            rejected.append(f"{name}: reply for round {got}, this is round {server_round} (stale, discarded)")
-            continue
-        if int(metrics.get(wire.BUDGET_EXHAUSTED, 0)):
-            rejected.append(f"{name}: stopped training, its next round would pass its privacy budget "
-                            f"(ε spent {float(metrics.get(wire.EPSILON, float('nan'))):.3g})")
-            continue
-        if check is not None:
-            reason = check(msg)
-            if reason:
-                rejected.append(f"{name}: {reason} (update rejected)")
-                continue
-        accepted.append(msg)
+    """Split replies received together into usable ones (sorted by site name) and reasons for
+    the rejected ones, with a :class:`ReplyScreen`."""
+    screen = ReplyScreen(server_round, check, registered)
+    accepted, rejected = [], []
+    for msg in sorted(replies, key=lambda m: m.metadata.src_node_id):
+        reason = screen(msg)
+        (rejected if reason else accepted).append(reason or msg)
     accepted.sort(key=lambda m: site_name(m, registered))
-    for reason in rejected:
-        log.warning("round %d: %s", server_round, reason)
     return accepted, rejected
 
 
@@ -198,11 +198,11 @@ def _seed_sampling(seed: int, server_round: int, attempt: int) -> None:
 
 
 def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, fed: FederationConfig,
-                    report: RoundReport, screen: Callable[[list[Message]], list[Message]]
-                    ) -> tuple[list[Message], list[Message], list[np.ndarray] | None]:
-    """Run the round's training under SecAgg+: every masked-vector reply received, those
-    ``screen`` kept (metrics, no weights) and the mean delta of the kept ones, or no mean
-    when the round aborted."""
+                    report: RoundReport, screen: Callable[[list[Message]], list[Message]], fold: SecureFold
+                    ) -> list[Message]:
+    """Run the round's training under SecAgg+: every masked-vector reply received is returned;
+    those ``screen`` kept (metrics, no weights) go into ``fold`` with the mean delta of the kept
+    ones, unless the round aborted."""
     contents = {m.metadata.dst_node_id: m.content for m in messages}
     received: list[Message] = []
 
@@ -216,10 +216,13 @@ def _secure_replies(grid: Grid, messages: list[Message], secagg: SecAggConfig, f
             secagg, fed.round_timeout, keep)
     except SecAggAbort as exc:
         report.rejected.append(str(exc))
-        return received, [], None
+        return received
     report.secagg = {"survivors": len(result.survivors), "dropped": {k: len(v) for k, v in result.dropped.items()},
                      "quantisation-step": quantisation_step(secagg), "clipping-range": secagg.clipping_range}
-    return received, result.replies, result.mean
+    for msg in result.replies:
+        fold.add(msg)
+    fold.mean_delta = result.mean
+    return received
 
 
 def _update_check(arrays: ArrayRecord, secagg: SecAggConfig) -> Callable[[Message], str | None]:
@@ -244,38 +247,52 @@ def _sampled(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_r
 
 def _attempt(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_round: int, attempt: int,
              fed: FederationConfig, seed: int, train_config: ConfigRecord | None, report: RoundReport
-             ) -> tuple[dict[int, str], list[Message], list[np.ndarray] | None]:
-    """One try at a round's training: sample and ask the sites, decode and screen their replies
-    (rejections, privacy records and bytes go into ``report``). Returns the registered names, the
-    accepted replies and, under SecAgg+, their mean delta (None when the protocol aborted)."""
+             ) -> tuple[dict[int, str], RoundFold]:
+    """One try at a round's training: sample and ask the sites, then take their replies one at a
+    time (:func:`server.reply_stream.stream_replies`): decode, screen, fold the accepted update
+    into the aggregate and release it (rejections, privacy records and bytes go into ``report``).
+    Returns the registered names and the fold, whose ``accepted`` replies say whether the quorum
+    was met."""
     secure = aggregation.secagg.enabled
     check = _update_check(arrays, aggregation.secagg)
     messages = _sampled(grid, aggregation, arrays, server_round, attempt, fed, seed, train_config)
     registered = registered_names(grid)
     report.bytes_sent += arrays_nbytes(arrays) * len(messages)
+    fold = aggregation.begin(server_round, arrays)
+    screen = ReplyScreen(server_round, check, registered)
+    replies: list[Message] = []
 
-    def screen(replies: list[Message]) -> list[Message]:
-        accepted, rejected = screen_replies(replies, server_round, check, registered)
-        report.rejected.extend(rejected)
-        return accepted
+    def keep_privacy(msg: Message) -> None:
+        replies.append(msg)
+        if msg.has_content() and wire.PRIVACY in msg.content.config_records:
+            report.site_privacy[site_name(msg, registered)] = dict(msg.content.config_records[wire.PRIVACY])
 
-    mean_delta = None
     if secure:  # screened inside, before the masked vectors are summed
-        replies, accepted, mean_delta = _secure_replies(grid, messages, aggregation.secagg, fed, report, screen)
-    else:
-        replies = list(grid.send_and_receive(messages, timeout=fed.round_timeout))
-    sizes = {id(m): _reply_nbytes(m) for m in replies if m.has_content()}  # as sent, before any decoding
-    if not secure:
-        decoded, undecodable = aggregation.decode(replies, arrays)
-        report.rejected.extend(f"{site_name(m, registered)}: {undecodable[id(m)]}" for m in replies
-                               if id(m) in undecodable)
-        accepted = screen(decoded)
-    report.site_privacy.update({site_name(m, registered): dict(m.content.config_records[wire.PRIVACY])
-                                for m in replies if m.has_content() and wire.PRIVACY in m.content.config_records})
-    report.bytes_received += sum(sizes[id(m)] for m in accepted)
-    if not (secure and mean_delta is None):
-        report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
-    return registered, accepted, mean_delta
+        def screen_list(batch: list[Message]) -> list[Message]:
+            accepted, rejected = screen_replies(batch, server_round, check, registered)
+            report.rejected.extend(rejected)
+            return accepted
+
+        for msg in _secure_replies(grid, messages, aggregation.secagg, fed, report, screen_list, fold):
+            keep_privacy(msg)
+        report.bytes_received += sum(_reply_nbytes(m) for m in fold.accepted)
+        if fold.mean_delta is not None:
+            report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
+        return registered, fold
+    order = lambda m: (registered.get(m.metadata.dst_node_id, ""), m.metadata.dst_node_id)  # noqa: E731
+    for msg in stream_replies(grid, messages, fed.round_timeout, order):
+        keep_privacy(msg)
+        size = _reply_nbytes(msg) if msg.has_content() else 0  # as sent, before any decoding
+        decoded, undecodable = aggregation.decode([msg], arrays)
+        reason = (f"{site_name(msg, registered)}: {undecodable[id(msg)]}" if undecodable else screen(decoded[0]))
+        if reason:
+            report.rejected.append(reason)
+            release_update(msg)
+            continue
+        fold.add(decoded[0])
+        report.bytes_received += size
+    report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
+    return registered, fold
 
 
 def train_round(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_round: int, fed: FederationConfig,
@@ -286,21 +303,20 @@ def train_round(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, serve
     report = RoundReport(server_round)
     for attempt in range(fed.round_retries + 1):
         report.attempts = attempt + 1
-        registered, accepted, mean_delta = _attempt(grid, aggregation, arrays, server_round, attempt, fed, seed,
-                                                    train_config, report)
-        if len(accepted) >= fed.min_sites:
+        registered, fold = _attempt(grid, aggregation, arrays, server_round, attempt, fed, seed, train_config, report)
+        if len(fold.accepted) >= fed.min_sites:
             break
         log.warning("round %d attempt %d: quorum not met (%d usable replies, %d needed)",
-                    server_round, attempt + 1, len(accepted), fed.min_sites)
+                    server_round, attempt + 1, len(fold.accepted), fed.min_sites)
     else:
-        raise QuorumError(f"round {server_round}: quorum not met — {len(accepted)} usable replies, "
+        raise QuorumError(f"round {server_round}: quorum not met — {len(fold.accepted)} usable replies, "
                           f"federation.min_sites={fed.min_sites}, after {fed.round_retries + 1} attempts; "
                           f"global weights unchanged since round {server_round - 1}. Rejected: "
                           + "; ".join(report.rejected))
-    aggregate, report.train_metrics = aggregation.aggregate(server_round, accepted, arrays, mean_delta)
+    aggregate, report.train_metrics = aggregation.finish(fold)
     if aggregate is None:
         raise QuorumError(f"round {server_round}: the strategy produced no aggregate")
-    report.sites = {site_name(m, registered): dict(_metrics(m)) for m in accepted}
+    report.sites = {site_name(m, registered): dict(_metrics(m)) for m in fold.accepted}
     return aggregate, report
 
 

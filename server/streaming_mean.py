@@ -4,8 +4,9 @@ multiplies it into another and adds that into the running sum: several trips thr
 update, and ``np.save`` copies the result twice more into the reply's bytes. Here every array is
 read in place from the reply's .npy bytes (header parsed, never unpickled) and added with one
 fused multiply-add per update (torch's ``add_(x, alpha=w)``, every core) into a running sum
-kept from round to round, copied once into the aggregate's .npy bytes (``bench/aggregation.py``
-measures both against the time to read the updates once).
+(:class:`RunningMean`, one update at a time, as :mod:`server.round_fold` feeds it while replies
+arrive) kept from round to round, copied once into the aggregate's .npy bytes
+(``bench/aggregation.py`` measures both against the time to read the updates once).
 
 ``StreamingFedAvg`` and ``StreamingFedProx`` are Flower's strategies with this aggregation;
 everything else (sampling, configuration, metric aggregation) is Flower's."""
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import numpy as np
 import torch
@@ -47,31 +48,66 @@ def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
     return header.getvalue()
 
 
+class RunningMean:
+    """A weighted mean of updates added one at a time into one running sum (float arrays keep
+    their dtype, others are summed in float64), so memory stays one model copy whatever the
+    number of updates. ``buffers`` keeps the sums' memory from round to round (memory already
+    mapped is faster); :meth:`mean` copies the result out, so reusing them is safe."""
+
+    def __init__(self, buffers: dict[str, np.ndarray] | None = None):
+        self._buffers = {} if buffers is None else buffers
+        self._sums: dict[str, torch.Tensor] = {}
+        self.total = 0.0
+        self.count = 0
+
+    def add(self, arrays: Mapping[str, np.ndarray], weight: float, scale: float = 1.0,
+            base: Mapping[str, np.ndarray] | None = None) -> None:
+        """Add ``weight`` x the update ``base + scale (arrays - base)`` (a change clipped by
+        ``scale`` from the global weights ``base``; with ``scale`` 1, ``arrays`` themselves) as two
+        fused multiply-adds, no temporary array."""
+        for key, view in arrays.items():
+            terms = [(view, weight * scale)] + ([(base[key], weight * (1.0 - scale))] if scale != 1.0 else [])
+            terms = [(v if np.issubdtype(v.dtype, np.floating) else v.astype(np.float64), c) for v, c in terms]
+            acc = self._sums.get(key)
+            if acc is None:
+                first, coefficient = terms.pop(0)
+                out = self._buffers.get(key)
+                if out is None or out.shape != first.shape or out.dtype != first.dtype:
+                    out = self._buffers[key] = np.empty(first.shape, first.dtype)
+                acc = self._sums[key] = torch.from_numpy(out)
+                torch.mul(_tensor(first), coefficient, out=acc)
+            for v, c in terms:
+                acc.add_(_tensor(v), alpha=c)
+        self.total += weight
+        self.count += 1
+
+    def scale_to_mean(self) -> dict[str, np.ndarray]:
+        """Divide the sums by the total weight, in place; the mean as NumPy arrays (writable: noise
+        can be added to them before :meth:`mean` copies them out)."""
+        for acc in self._sums.values():
+            acc.mul_(1.0 / self.total)
+        self.total = 1.0
+        return {key: acc.numpy() for key, acc in self._sums.items()}
+
+    def mean(self) -> ArrayRecord:
+        """The weighted mean, each array copied once into its .npy bytes."""
+        mean = {}
+        for key, out in self.scale_to_mean().items():
+            data = b"".join((_npy_header(out.shape, out.dtype), memoryview(out.reshape(-1).view(np.uint8))))
+            mean[key] = Array(dtype=str(out.dtype), shape=tuple(out.shape), stype="numpy.ndarray", data=data)
+        return ArrayRecord(mean)
+
+
 def weighted_mean(contents: list[RecordDict], weight_key: str,
                   buffers: dict[str, np.ndarray] | None = None) -> ArrayRecord:
     """The mean of the replies' ArrayRecords weighted by their ``weight_key`` metric (what Flower's
-    ``aggregate_arrayrecords`` computes; float arrays keep their dtype, others become float64).
-    ``buffers`` keeps the running sums from round to round: memory already mapped is faster."""
-    weights = [float(next(iter(c.metric_records.values()))[weight_key]) for c in contents]
-    total = sum(weights)
-    weights = [w / total for w in weights]
-    records = [next(iter(c.array_records.values())) for c in contents]
-    buffers = {} if buffers is None else buffers
-    mean = {}
-    for key in records[0]:
-        views = [array_view(record[key]) for record in records]
-        if not np.issubdtype(views[0].dtype, np.floating):
-            views = [v.astype(np.float64) for v in views]
-        out = buffers.get(key)
-        if out is None or out.shape != views[0].shape or out.dtype != views[0].dtype:
-            out = buffers[key] = np.empty(views[0].shape, views[0].dtype)
-        acc = torch.from_numpy(out)
-        torch.mul(_tensor(views[0]), weights[0], out=acc)
-        for view, weight in zip(views[1:], weights[1:]):
-            acc.add_(_tensor(view), alpha=weight)
-        data = b"".join((_npy_header(out.shape, out.dtype), memoryview(out.reshape(-1).view(np.uint8))))
-        mean[key] = Array(dtype=str(out.dtype), shape=tuple(out.shape), stype="numpy.ndarray", data=data)
-    return ArrayRecord(mean)
+    ``aggregate_arrayrecords`` computes), through :class:`RunningMean`."""
+    running = RunningMean(buffers)
+    for content in contents:
+        record = next(iter(content.array_records.values()))
+        running.add({key: array_view(array) for key, array in record.items()},
+                    float(next(iter(content.metric_records.values()))[weight_key]))
+    return running.mean()
 
 
 class _StreamingMean:

@@ -27,6 +27,7 @@ def federation_cfg(phantom: Path, run_dir: Path, *extra: str):
     return compose_app("federation", [
         f"phantom.root={phantom}", "phantom.sites=2", "phantom.images_per_site=40", "phantom.heldout_images=30",
         f"run_dir={run_dir}", "federation.rounds=3", "federation.round_retries=0", "federation.connect_timeout=1",
+        "federation.round_timeout=2",  # a site that is gone is waited for this long
         "train.steps=2", "train.batch_size=8", "train.warmup_steps=1", "data.num_workers=0",
         "eval.linear_probe=false", "eval.retrieval=false", "eval.kshot=[]", *extra])
 

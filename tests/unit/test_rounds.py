@@ -104,12 +104,13 @@ def test_a_reply_is_attributed_to_the_name_its_key_is_registered_under():
     assert report.rejected == ["node 3: claims to be site 'a' but its key is registered as 'c' (rejected)"]
 
 
-def test_two_unregistered_sites_with_one_name_are_both_rejected():
+def test_a_second_unregistered_site_under_a_taken_name_is_rejected():
+    # Replies are folded as they arrive: the first node under a name counts, a later one is refused.
     grid = InProcessGrid({1: site("a", 1.0), 2: site("b", 3.0), 3: site("b", 100.0)})
     aggregate, report = train_round(grid, aggregation(fed(min_sites=1)), ArrayRecord(GLOBAL),
                                     1, fed(min_sites=1), 0)
-    assert np.allclose(aggregate["w"].numpy(), 1.0) and sorted(report.sites) == ["a"]
-    assert report.rejected == ["2 sites reply as 'b' (nodes 2, 3): all rejected, every site needs its own name"]
+    assert np.allclose(aggregate["w"].numpy(), 2.0) and sorted(report.sites) == ["a", "b"]
+    assert report.rejected == ["node 3: replies as 'b', as node 2 did first (rejected: every site needs its own name)"]
 
 
 def test_a_silent_site_is_named_by_its_registered_name():
