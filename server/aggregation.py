@@ -78,7 +78,8 @@ def cast_like(arrays: ArrayRecord, reference: ArrayRecord) -> ArrayRecord:
     """``arrays`` in the dtypes of ``reference``: server optimizers (FedAdam, FedYogi) compute in
     float64, but the global model — what is checkpointed and sent — stays in its own dtype, so a
     resumed run continues from exactly what an uninterrupted one holds."""
-    return ArrayRecord({k: Array(v.numpy().astype(reference[k].dtype, copy=False)) for k, v in arrays.items()})
+    return ArrayRecord({k: v if v.dtype == reference[k].dtype else Array(v.numpy().astype(reference[k].dtype))
+                        for k, v in arrays.items()})
 
 
 def decode_updates(replies: list[Message], global_arrays: ArrayRecord, encoding: str

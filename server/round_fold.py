@@ -35,16 +35,17 @@ from flwr.serverapp.strategy import (
 from flwr.serverapp.strategy.fedopt import FedOpt
 from flwr.supercore.differential_privacy import add_gaussian_noise_inplace, compute_stdv
 
-from server.streaming_mean import RunningMean, _tensor, array_view
+from server.streaming_mean import RunningMean, _tensor, array_view, one_thread
 from shared_model import wire
 
 
 def update_norm(views: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> float:
     """The L2 norm of an update's change from the global weights, over all its arrays (the norm
     Flower's ``get_norm`` takes of the difference), without forming the difference."""
-    return math.sqrt(sum(float(torch.dist(_tensor(v), _tensor(reference[k]))) ** 2
-                         if v.dtype.kind == "f" else float(np.sum((v.astype(np.float64) - reference[k]) ** 2))
-                         for k, v in views.items()))
+    with one_thread():
+            return math.sqrt(sum(float(torch.dist(_tensor(v), _tensor(reference[k]))) ** 2
+                             if v.dtype.kind == "f" else float(np.sum((v.astype(np.float64) - reference[k]) ** 2))
+                             for k, v in views.items()))
 
 
 def release_update(msg: Message) -> Message:

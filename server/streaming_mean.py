@@ -3,7 +3,10 @@ Flower's ``aggregate_arrayrecords`` decodes every array into a new buffer (``np.
 multiplies it into another and adds that into the running sum: several trips through memory per
 update, and ``np.save`` copies the result twice more into the reply's bytes. Here every array is
 read in place from the reply's .npy bytes (header parsed, never unpickled) and added with one
-fused multiply-add per update (torch's ``add_(x, alpha=w)``, every core) into a running sum
+fused multiply-add per update (torch's ``add_(x, alpha=w)``, on one thread: the add is bound by
+memory bandwidth, and with the coordinator's cores busy — the SuperLink beside it, training or
+evaluation — the thread pool's barriers cost milliseconds per array, 30x the add itself measured
+on 2 loaded cores) into a running sum
 (:class:`RunningMean`, one update at a time, as :mod:`server.round_fold` feeds it while replies
 arrive) kept from round to round, copied once into the aggregate's .npy bytes
 (``bench/aggregation.py`` measures both against the time to read the updates once).
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -39,6 +43,17 @@ def _tensor(view: np.ndarray) -> torch.Tensor:
     with warnings.catch_warnings():  # the view is read-only and is only ever read
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return torch.from_numpy(view)
+
+
+@contextmanager
+def one_thread() -> Iterator[None]:
+    """torch on one thread inside (see the module doc), as many as before afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _npy_header(shape: tuple[int, ...], dtype: np.dtype) -> bytes:
@@ -65,6 +80,13 @@ class RunningMean:
         """Add ``weight`` x the update ``base + scale (arrays - base)`` (a change clipped by
         ``scale`` from the global weights ``base``; with ``scale`` 1, ``arrays`` themselves) as two
         fused multiply-adds, no temporary array."""
+        with one_thread():
+            self._add(arrays, weight, scale, base)
+        self.total += weight
+        self.count += 1
+
+    def _add(self, arrays: Mapping[str, np.ndarray], weight: float, scale: float,
+             base: Mapping[str, np.ndarray] | None) -> None:
         for key, view in arrays.items():
             terms = [(view, weight * scale)] + ([(base[key], weight * (1.0 - scale))] if scale != 1.0 else [])
             terms = [(v if np.issubdtype(v.dtype, np.floating) else v.astype(np.float64), c) for v, c in terms]
@@ -78,14 +100,13 @@ class RunningMean:
                 torch.mul(_tensor(first), coefficient, out=acc)
             for v, c in terms:
                 acc.add_(_tensor(v), alpha=c)
-        self.total += weight
-        self.count += 1
 
     def scale_to_mean(self) -> dict[str, np.ndarray]:
         """Divide the sums by the total weight, in place; the mean as NumPy arrays (writable: noise
         can be added to them before :meth:`mean` copies them out)."""
-        for acc in self._sums.values():
-            acc.mul_(1.0 / self.total)
+        with one_thread():
+            for acc in self._sums.values():
+                acc.mul_(1.0 / self.total)
         self.total = 1.0
         return {key: acc.numpy() for key, acc in self._sums.items()}
 
