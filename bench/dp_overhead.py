@@ -1,9 +1,12 @@
-"""DP overhead: time of one DP-SGD step (per-unit clipping, Opacus noise;
+"""DP overhead: time of one DP-SGD step (per-unit clipping, Gaussian noise;
 ``shared_model/privacy/dp_step.py``) over one ordinary step of the same model, batch
 and objective (the DP objective: MAE + contrast against the public prompt bank). Three ways to clip
 per unit are timed side by side: ghost norms + book-keeping (``privacy.clipping=ghost``, the
-default: no per-image gradient is formed), and Opacus' per-image gradients from hooks or from
-functorch, summed per unit. The units are patients with one or two images each."""
+default: per-image gradients only where they cost less than ghost norms), and Opacus' per-image
+gradients from hooks or from functorch, summed per unit. The units are patients with one to three
+images each. Models: the ViT presets (target: 1.25 x the plain step), and the pretrained
+EfficientNet-Lite0 tower of the real-data preset at its 128 px (pointwise and depthwise
+convolutions, frozen BatchNorms and stem; target 1.5 x; Opacus' functorch is not timed there)."""
 
 from __future__ import annotations
 
@@ -19,7 +22,8 @@ from shared_model.privacy.plan import DPPlan
 from shared_model.runtime import seed_everything
 from shared_model.train.trainer import LocalTrainer
 
-TARGET = "<= 1.5"
+TARGET = "<= 1.25"  # the ViT presets' (also the GPU check's, bench/gpu_check.py)
+CNN_TARGET = "<= 1.5"
 MODES = ("ghost", "hooks", "functorch")
 
 
@@ -45,29 +49,33 @@ def dp_trainers(preset: str, units: list[int], dev: torch.device, overrides: tup
     return trainers, cfg.model.image.image_size
 
 
-# With trainable text layers the public prompt bank (~1,000 prompts) goes through them every step,
-# in the DP and the plain step alike (about 1.8 s of a 2.3 s small step on 2 cores): that shared cost
-# would hide the DP overhead, so the small preset's text tower is frozen here.
-CASES = {"tiny": (), "small": ("model.text.trainable_layers=0",)}
+# preset -> (overrides, clipping modes timed, target). With trainable text layers the public prompt
+# bank (~1,000 prompts) goes through them every step, in the DP and the plain step alike (about 1.8 s
+# of a 2.3 s small step on 2 cores): that shared cost would hide the DP overhead, so the small
+# preset's text tower is frozen here.
+CASES = {"tiny": ((), MODES, TARGET),
+         "small": (("model.text.trainable_layers=0",), MODES, TARGET),
+         "efficientnet_lite0": ((), ("ghost", "hooks"), CNN_TARGET)}
 
 
 def measure(dev: torch.device, quick: bool) -> list[Row]:
-    cases = [("tiny", 8)] if quick else [("tiny", 16), ("tiny", 32), ("small", 16)]
+    cases = [("tiny", 8)] if quick else [("tiny", 16), ("tiny", 32), ("small", 16), ("efficientnet_lite0", 16)]
     rows = []
     for preset, batch_size in cases:
+        overrides, modes, target = CASES[preset]
         units = patient_units(batch_size)
-        trainers, size = dp_trainers(preset, units, dev, CASES[preset])
+        trainers, size = dp_trainers(preset, units, dev, overrides, modes)
         batch = synthetic_batch(batch_size, size)
         seconds = interleaved_seconds({mode: (lambda t=t, batch=batch: t.train_step(batch))
                                        for mode, t in trainers.items()}, dev, 2 if quick else 8)
         params = sum(p.numel() for p in trainers["none"].model.parameters() if p.requires_grad)
-        for mode in MODES:
+        for mode in modes:
             trainers[mode].close()
-        for mode in MODES:
+        for mode in modes:
             ratio = seconds[mode] / seconds["none"]
-            frozen = ", text frozen" if CASES[preset] else ""
+            model = f"{size} px, {params / 1e6:.1f} M trained" + (", text frozen" if overrides else "")
             method = "ghost norms (ours)" if mode == "ghost" else f"Opacus {mode}"
-            rows.append(Row("DP overhead", f"{preset} ({params / 1e6:.1f} M trained{frozen}), batch {batch_size}, "
-                            f"{method}", f"{seconds[mode] * 1e3:.0f} ms DP-SGD step",
-                            f"{seconds['none'] * 1e3:.0f} ms step", ratio, TARGET, check(ratio, TARGET)))
+            rows.append(Row("DP overhead", f"{preset} ({model}), batch {batch_size}, {method}",
+                            f"{seconds[mode] * 1e3:.0f} ms DP-SGD step", f"{seconds['none'] * 1e3:.0f} ms step",
+                            ratio, target, check(ratio, target)))
     return rows

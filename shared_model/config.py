@@ -281,7 +281,8 @@ class PrivacyConfig:
     # Poisson sampling of units with this rate; None: train.batch_size / N (expected batch size).
     sample_rate: float | None = None
     sampling: str = "poisson"  # the accountant models Poisson subsampling: nothing else is accepted
-    # ghost: unit norms from ghost norms, no per-image gradients (faster); hooks: Opacus' per-image gradients
+    # ghost: unit norms from ghost norms or per-image gradients, whichever is cheaper per layer, and
+    # no second backward (faster); hooks: Opacus' per-image gradients
     clipping: str = "ghost"
     # A fully frozen image tower's feature centre is released once per site with the Gaussian
     # mechanism at this noise multiplier (per-unit sensitivity 1; privacy/feature_centre.py).

@@ -2,10 +2,10 @@
 under ``privacy.mode=dp-sgd`` (the CLIP trainer, the generator, any new tower) resets its clipper
 before a step, runs the forward pass inside :meth:`Clipper.forward`, and after ``backward()``
 asks for the clipped sum Σ_u min(1, C/‖g_u‖)·g_u over the batch's privacy units in every
-parameter's ``summed_grad``, where Opacus' ``DPOptimizer`` adds the noise (``dp_step.py``).
+parameter's ``summed_grad``, where the DP step adds the noise (``dp_step.py``).
 
 Two implementations, one result: :class:`~shared_model.privacy.ghost_clipping.GhostClipper`
-(ghost norms and book-keeping, Bu et al. 2023: no per-image gradient is formed) and
+(ghost norms and book-keeping, Bu et al. 2023: per-image gradients only where they are cheaper) and
 :class:`HooksClipper` (Opacus' ``GradSampleModule``: one gradient per image, summed per unit,
 clipped by Opacus' own ``DPOptimizer.clip_and_accumulate``). :func:`make_clipper` is the one
 place that chooses between them.
@@ -118,8 +118,8 @@ class HooksClipper:
 def make_clipper(kind: str, model: nn.Module, optimizer: DPOptimizer) -> Clipper:
     """The clipper for ``privacy.clipping`` (``kind``) around ``model``, clipping to the C of
     ``optimizer`` (Opacus' ``DPOptimizer``). ``ghost`` falls back to Opacus' hooks for a model
-    with trainable modules ghost clipping cannot handle (the generator's UNet, a CNN tower's
-    padded convolutions): the same clipped sum, at the cost of per-image gradients."""
+    with trainable modules ghost clipping cannot handle (the generator's UNet and its GroupNorms):
+    the same clipped sum, at the cost of per-image gradients."""
     if kind not in CLIPPERS:
         raise ValueError(f"clipping must be one of {CLIPPERS}, got {kind!r}")
     if kind == "ghost":

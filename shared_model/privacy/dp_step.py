@@ -1,15 +1,16 @@
 """The DP-SGD step every private trainer takes (Abadi et al. 2016, "Deep Learning with
 Differential Privacy"): Poisson-sampled privacy units, each unit's gradient clipped to C by the
 plan's :class:`~shared_model.privacy.clipping.Clipper`, Gaussian noise of std σ·C added to the
-clipped sum by Opacus' ``DPOptimizer`` (built once, here), and the result divided by the expected
-batch size q·N, whatever the batch drawn. The sampling and the noise come from secret generators
-(:func:`~shared_model.privacy.units.secret_generator`). Used by the CLIP trainer
-(``dp_trainer.py``) and the synthetic-corpus generator (``synthetic/training.py``).
+clipped sum (σ, C and the generator those of Opacus' ``DPOptimizer``, built once, here), and the
+result divided by the expected batch size q·N, whatever the batch drawn. The sampling and the
+noise come from secret generators (:func:`~shared_model.privacy.units.secret_generator`). Used
+by the CLIP trainer (``dp_trainer.py``) and the synthetic-corpus generator (``synthetic/training.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager
 
 import torch
@@ -52,6 +53,11 @@ class DPStep:
                                      expected_batch_size=self.sampler.sample_rate * self.sampler.num_units,
                                      loss_reduction="mean", generator=secret_generator(device))
         self.clipper = make_clipper(plan.clipping, model, self.optimizer)
+        # Torch draws CPU Gaussians on one thread (~3 ns each: a sixth of a small ViT step): on the
+        # CPU the noise is drawn in slices, one thread and one secret generator each.
+        extra = torch.get_num_threads() - 1 if torch.device(device).type == "cpu" else 0
+        self.generators = [self.optimizer.generator, *(secret_generator() for _ in range(extra))]
+        self.pool = ThreadPoolExecutor(len(self.generators)) if extra else None
 
     def batches(self) -> PoissonBatches:
         """The batch sampler of a DataLoader: Poisson batches of record indices."""
@@ -74,15 +80,28 @@ class DPStep:
             self.clipper.clip_and_sum(self.units[indices], len(indices))
         else:
             self.clipper.empty_step()
-        self.optimizer.add_noise()
-        # Not Opacus' scale_grad: it counts accumulated per-image gradients, which ghost clipping never forms.
-        for p in self.optimizer.params:
-            p.grad /= self.optimizer.expected_batch_size
+        # Opacus' add_noise, every parameter's noise drawn at once and the gradients kept as views
+        # of it, then divided by q·N (not Opacus' scale_grad: it counts accumulated per-image
+        # gradients, which ghost clipping never forms).
+        params = self.optimizer.params
+        sizes = [p.numel() for p in params]
+        flat = torch.empty(sum(sizes), dtype=params[0].dtype, device=params[0].device)
+        std = self.optimizer.noise_multiplier * self.optimizer.max_grad_norm
+        if self.pool is None:
+            flat.normal_(0.0, std, generator=self.generators[0])
+        else:
+            list(self.pool.map(lambda part, generator: part.normal_(0.0, std, generator=generator),
+                               flat.chunk(len(self.generators)), self.generators))
+        for p, noise in zip(params, flat.split(sizes)):
+            p.grad = noise.view_as(p).add_(p.summed_grad)
+        flat.div_(self.optimizer.expected_batch_size)
 
     def close(self) -> None:
         """Take the clipper's hooks off the model and drop the clipped sums: without this, hooks tie
         the model and the clipper in a reference cycle that holds their tensors until a full
-        garbage collection."""
+        garbage collection. Also ends the noise threads."""
         self.clipper.close()
+        if self.pool is not None:
+            self.pool.shutdown()
         for p in self.optimizer.params:
             p.summed_grad = None

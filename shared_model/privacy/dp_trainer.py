@@ -1,7 +1,7 @@
 """DP-SGD training of RetinaCLIP (Abadi et al. 2016, "Deep Learning with Differential Privacy"):
 :class:`LocalTrainer`'s loop with every step a :class:`~shared_model.privacy.dp_step.DPStep` —
 Poisson-sampled privacy units, per-unit clipping to C (ghost norms and book-keeping by default,
-``privacy.clipping=ghost``; Opacus' per-image hooks with ``hooks``), Opacus' Gaussian noise of std
+``privacy.clipping=ghost``; Opacus' per-image hooks with ``hooks``), Gaussian noise of std
 σ·C on the sum, divided by the expected batch size.
 
 Clipping is per unit (a patient, or the image itself), and so is ε. The objective must be

@@ -1,24 +1,31 @@
-"""Per-unit DP-SGD clipping without per-sample gradients: ghost norms (Goodfellow 2015; Li et
-al. 2022, "Large Language Models Can Be Strong Differentially Private Learners") and
-book-keeping (Bu et al. 2023, "Differentially Private Optimization on Large Model at Small
-Cost"), extended to privacy units of several images.
+"""Per-unit DP-SGD clipping without a second backward pass: ghost norms (Goodfellow 2015; Li et
+al. 2022, "Large Language Models Can Be Strong Differentially Private Learners"), chosen per
+layer against per-image gradients as in mixed ghost clipping (Bu et al. 2022, "Scalable and
+Efficient Training of Large Convolutional Neural Networks with Differential Privacy"), and
+book-keeping (Bu et al. 2023, "Differentially Private Optimization on Large Model at Small Cost"),
+extended to privacy units of several images.
 
-For a linear map applied to the tokens of an image, the weight gradient of image i is
-G_iᵀA_i (A: input activations, G: output gradients, one row per token), and that of a unit u
-is Σ_{i∈u} G_iᵀA_i. Its squared norm is Σ_{i,j∈u} ⟨A_iA_jᵀ, G_iG_jᵀ⟩: token-by-token Gram
-matrices instead of an out×in gradient per image, cheaper whenever the images have fewer tokens
-than the layer has weights per token. Once every unit's norm is known, the clipped sum of the
-unit gradients is one ordinary weight-gradient product with every image's output gradient
-scaled by its unit's clipping factor (book-keeping: no second backward pass). The weight
-gradients autograd would compute are never used, so :meth:`GhostClipper.forward` runs the
-forward pass with the linear and convolution weights detached from the graph: the backward pass
-then only carries gradients to activations, and the clipped sum is the only weight gradient made.
+For a linear map applied to the tokens of an image (a convolution: its unfolded patches), the
+weight gradient of image i is G_iᵀA_i (A: input activations, G: output gradients, one row per
+token), and that of a unit u is Σ_{i∈u} G_iᵀA_i. Its squared norm is Σ_{i,j∈u} ⟨A_iA_jᵀ, G_iG_jᵀ⟩:
+token-by-token Gram matrices instead of an out×in gradient per image. Each layer takes the cheaper
+way: the Grams cost ~2T²(in+out) per pair of images; the per-image gradients cost the weight
+gradient itself, which book-keeping then reuses, plus a few passes over B×in×out numbers. Small
+parameters (biases, norms' affine, tokens) and grouped (depthwise) convolutions, whose per-image
+gradients are small, always take the per-image way. Once every unit's norm is known, the clipped
+sum of a Gram layer's unit gradients is one ordinary weight-gradient product with every image's
+output gradient scaled by its unit's clipping factor, and that of a per-image layer one weighted
+sum of its unit gradients (book-keeping: no second backward pass). The weight gradients autograd
+would compute are never used, so :meth:`GhostClipper.forward` runs the forward pass with the
+linear and convolution weights detached from the graph: the backward pass then only carries
+gradients to activations, and the clipped sum is the only weight gradient made.
 
-Supported trainable leaf modules: ``nn.Linear``, ``nn.LayerNorm``, a patchifying ``nn.Conv2d``
-(kernel = stride, no padding) and :class:`LearnedToken` — everything RetinaCLIP trains under
-DP-SGD; a model with any other trainable module is refused (``clipping.make_clipper`` then picks
-Opacus' hooks). A module called several times in one step contributes all its calls' tokens to one
-gradient.
+Supported trainable leaf modules: ``nn.Linear``, ``nn.LayerNorm``, ``nn.Conv2d`` and timm's
+``Conv2dSame`` (any padding, stride, dilation and groups), ``nn.BatchNorm2d`` in eval mode (frozen
+running statistics: per example) and :class:`LearnedToken` — RetinaCLIP's ViT and its pretrained
+EfficientNet tower; a model with any other trainable module is refused (``clipping.make_clipper``
+then picks Opacus' hooks). A module called several times in one step contributes all its calls'
+tokens to one gradient.
 """
 
 from __future__ import annotations
@@ -28,28 +35,28 @@ from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from timm.layers import Conv2dSame, pad_same
 from torch import nn
 
 from shared_model.model.tokens import LearnedToken
 from shared_model.privacy.errors import PrivacyConfigError
 
+CONVS = (nn.Conv2d, Conv2dSame)  # exact types: a subclass may change what forward computes
+# What the per-image way costs beyond its product, in flops per per-image gradient entry: writing
+# and re-reading B×in×out numbers (norms, weighted sum) bounds a product over few tokens by memory.
+# 64 is where the two ways broke even for the ViT presets' layers on CPU (bench/dp_overhead.py).
+PASS_COST = 64
+SMALL = 16384  # per-image gradients of parameters up to this size are handled side by side
 
-def _patchify(conv: nn.Conv2d) -> bool:
-    return (conv.kernel_size == conv.stride and conv.padding in ((0, 0), "valid") and conv.dilation == (1, 1)
-            and conv.groups == 1)
+
+def _supported(module: nn.Module) -> bool:
+    return isinstance(module, (nn.Linear, nn.LayerNorm, LearnedToken)) or type(module) in (*CONVS, nn.BatchNorm2d)
 
 
 def unsupported_modules(model: nn.Module) -> list[str]:
     """Trainable leaf modules the ghost clipper cannot handle (empty: the model is supported)."""
-    bad = []
-    for name, module in model.named_modules():
-        if not any(p.requires_grad for p in module.parameters(recurse=False)):
-            continue
-        ok = isinstance(module, (nn.Linear, nn.LayerNorm, LearnedToken)) or (
-            isinstance(module, nn.Conv2d) and _patchify(module))
-        if not ok:
-            bad.append(f"{name} ({type(module).__name__})")
-    return bad
+    return [f"{name} ({type(module).__name__})" for name, module in model.named_modules()
+            if any(p.requires_grad for p in module.parameters(recurse=False)) and not _supported(module)]
 
 
 def _tokens(x: torch.Tensor) -> torch.Tensor:
@@ -63,30 +70,106 @@ def _joined(parts: list[torch.Tensor]) -> torch.Tensor:
     return parts[0] if len(parts) == 1 else torch.cat(parts, 1)
 
 
-class _Pairs:
-    """Where each image's unit is, and the pairs of distinct images that share a unit."""
+def _conv_input(conv: nn.Conv2d, x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input as the convolution reads it, and the zero padding it still adds."""
+    if type(conv) is Conv2dSame:  # TF's 'SAME': padded in forward, by the input's size
+        return pad_same(x, conv.kernel_size, conv.stride, conv.dilation), (0, 0)
+    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+        return F.pad(x, conv._reversed_padding_repeated_twice,
+                     mode="constant" if conv.padding_mode == "zeros" else conv.padding_mode), (0, 0)
+    return x, conv.padding
+
+
+def _conv_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> the patches each output position reads, [B, T, C·kh·kw] (weight order)."""
+    x, padding = _conv_input(conv, x)
+    if conv.kernel_size == (1, 1) and padding == (0, 0):  # no copy of a channels-last input
+        return x[:, :, ::conv.stride[0], ::conv.stride[1]].flatten(2).transpose(1, 2)
+    return F.unfold(x, conv.kernel_size, conv.dilation, padding, conv.stride).transpose(1, 2)
+
+
+def _grouped_per_image(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-image weight gradients [B, *weight] of a grouped (e.g. depthwise) convolution: the batch
+    folded into the groups, one weight-gradient convolution."""
+    x, padding = _conv_input(conv, x)
+    b = len(x)
+    weight = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]),
+                                         (b * conv.out_channels, *conv.weight.shape[1:]),
+                                         g.reshape(1, -1, *g.shape[2:]), conv.stride, padding, conv.dilation,
+                                         b * conv.groups)
+    return weight.view(b, *conv.weight.shape)
+
+
+def _batch_norm_input(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
+    """x̂ = (x - running mean) / √(running var + eps), [B, C, H, W]."""
+    return (x - bn.running_mean[:, None, None]) * torch.rsqrt(bn.running_var + bn.eps)[:, None, None]
+
+
+class _Anchor(torch.autograd.Function):
+    """The identity, put into the graph by a leaf that takes no gradient: a layer whose input and
+    (detached) weight need none still gets its output gradient, and nothing flows below it."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, anchor: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[None, None]:
+        return None, None
+
+
+class _Units:
+    """Where each image's unit is, and the pairs of distinct images (i < j) that share one: a
+    unit's squared norm is Σ_{i∈u} ‖g_i‖² + 2 Σ_{pairs in u} ⟨g_i, g_j⟩, g_i the image's gradient."""
 
     def __init__(self, units: torch.Tensor, device: torch.device):
-        _, self.slot = torch.unique(units, return_inverse=True)
-        self.slot = self.slot.to(device)
-        self.count = int(self.slot.max()) + 1 if len(units) else 0
-        i, j = torch.triu_indices(len(units), len(units), offset=1, device=device)
+        _, slot = torch.unique(units, return_inverse=True)
+        self.images = len(units)
+        self.count = int(slot.max()) + 1 if len(units) else 0
+        self.distinct = self.count == self.images  # then unit k is image k: no sums, no gathers
+        self.slot = torch.arange(self.images, device=device) if self.distinct else slot.to(device)
+        i, j = torch.triu_indices(self.images, self.images, offset=1, device=device)
         same = self.slot[i] == self.slot[j]
         self.i, self.j = i[same], j[same]
+        self.squares = torch.zeros(self.images, device=device)  # Σ over parameters of ‖g_i‖²
+        self.cross = torch.zeros(len(self.i), device=device)  # Σ over parameters of ⟨g_i, g_j⟩
 
-    def unit_sum(self, per_image: torch.Tensor) -> torch.Tensor:
-        """Per-image rows [B, ...] summed into per-unit rows [U, ...]."""
-        out = per_image.new_zeros((self.count, *per_image.shape[1:]))
-        return out.index_add_(0, self.slot, per_image)
-
-    def gram_norms(self, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        """Per-unit ||Σ_{i∈u} g_iᵀ a_i||² from [B, T, in] activations and [B, T, out] gradients."""
-        norms = ((a @ a.transpose(1, 2)) * (g @ g.transpose(1, 2))).sum((1, 2))
-        per_unit = a.new_zeros(self.count).index_add_(0, self.slot, norms)
+    def add_gram(self, a: torch.Tensor, g: torch.Tensor) -> None:
+        """Add a layer's terms from [B, T, in] activations and [B, T, out] output gradients:
+        ⟨g_i, g_j⟩ = ⟨A_iA_jᵀ, G_iG_jᵀ⟩."""
+        self.squares += ((a @ a.mT) * (g @ g.mT)).sum((1, 2))
         if len(self.i):
-            cross = ((a[self.i] @ a[self.j].transpose(1, 2)) * (g[self.i] @ g[self.j].transpose(1, 2))).sum((1, 2))
-            per_unit.index_add_(0, self.slot[self.i], 2 * cross)
-        return per_unit
+            a_i, a_j = a.index_select(0, self.i), a.index_select(0, self.j)
+            g_i, g_j = g.index_select(0, self.i), g.index_select(0, self.j)
+            self.cross += ((a_i @ a_j.mT) * (g_i @ g_j.mT)).sum((1, 2))
+
+    def add_per_image(self, x: torch.Tensor) -> None:
+        """Add the terms of per-image gradients [B, N]."""
+        if len(self.i):
+            products = x @ x.T  # [B, B]: one pass over x
+            self.squares += products.diagonal()
+            self.cross += products[self.i, self.j]
+        else:
+            self.squares += torch.linalg.vector_norm(x, dim=1).square()
+
+    def norms(self) -> torch.Tensor:
+        """Every unit's gradient norm [U]."""
+        if self.distinct:
+            return self.squares.sqrt()
+        squares = self.squares.new_zeros(self.count).index_add_(0, self.slot, self.squares)
+        return squares.index_add_(0, self.slot[self.i], 2 * self.cross).sqrt()
+
+    def per_image(self, per_unit: torch.Tensor) -> torch.Tensor:
+        """A per-unit value [U] for each image [B]."""
+        return per_unit if self.distinct else per_unit[self.slot]
+
+    def use_gram(self, tokens: int, d_in: int, d_out: int) -> bool:
+        """Whether Gram norms cost less than per-image gradients. Book-keeping reuses the latter
+        as the clipped sum's product, so only what else they cost counts against the Grams:
+        passes over memory, and with shared units the B×B inner products."""
+        gram = 2 * tokens ** 2 * (d_in + d_out) * (self.images + len(self.i))
+        per_image = (PASS_COST + (2 * self.images if len(self.i) else 0)) * self.images * d_in * d_out
+        return gram < per_image
 
 
 class GhostClipper:
@@ -105,12 +188,10 @@ class GhostClipper:
         self.heavy = [p for m in self.modules if isinstance(m, (nn.Linear, nn.Conv2d))
                       for p in m.parameters(recurse=False) if p in self.trainable]
         self.skipping = False
+        self.anchor = torch.zeros((), requires_grad=True)
         self.inputs: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in self.modules}
         self.grads: dict[nn.Module, list[torch.Tensor]] = {m: [] for m in self.modules}
-        self.handles = []
-        for module in self.modules:
-            self.handles.append(module.register_forward_pre_hook(self._graph_through))
-            self.handles.append(module.register_forward_hook(self._keep_input))
+        self.handles = [module.register_forward_hook(self._keep_input) for module in self.modules]
 
     @contextmanager
     def forward(self) -> Iterator[None]:
@@ -125,21 +206,21 @@ class GhostClipper:
             for p in self.heavy:
                 p.requires_grad_(True)
 
-    def _graph_through(self, module: nn.Module, args: tuple):
+    def _keep_input(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
         # Without its weights in the graph, a layer fed by frozen layers (or by the images) would
-        # drop out of the backward pass: its input becomes a leaf that asks for a gradient.
-        if self.skipping and args and isinstance(args[0], torch.Tensor) and not args[0].requires_grad \
-                and args[0].is_floating_point() and not isinstance(module, LearnedToken):
-            return (args[0].detach().requires_grad_(True), *args[1:])
-        return None
-
-    def _keep_input(self, module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+        # drop out of the backward pass: the anchor keeps its output in, at no cost below it.
+        if self.skipping and torch.is_grad_enabled() and not output.requires_grad and output.is_floating_point():
+            output = _Anchor.apply(output, self.anchor)
+        if not (torch.is_grad_enabled() and output.requires_grad):
+            return None
+        if type(module) is nn.BatchNorm2d and (module.training or module.running_mean is None):
+            raise RuntimeError("ghost clipping needs BatchNorm2d in eval mode: batch statistics couple the images")
+        self.inputs[module].append(None if isinstance(module, LearnedToken) else args[0].detach())
         # The output's gradient is caught by a tensor hook: lighter than a module backward hook,
         # which wraps every input and output in an extra autograd node.
-        if torch.is_grad_enabled() and output.requires_grad:
-            self.inputs[module].append(None if isinstance(module, LearnedToken) else args[0].detach())
-            grads = self.grads[module]
-            output.register_hook(lambda grad: grads.insert(0, grad.detach()))  # backward visits calls in reverse
+        grads = self.grads[module]
+        output.register_hook(lambda grad: grads.insert(0, grad.detach()))  # backward visits calls in reverse
+        return output
 
     def reset(self) -> None:
         """Forget what the hooks kept (before a new forward pass)."""
@@ -147,60 +228,93 @@ class GhostClipper:
             self.inputs[module].clear()
             self.grads[module].clear()
 
-    def _calls(self, module: nn.Module) -> tuple[torch.Tensor | None, torch.Tensor]:
-        """All calls' tokens of one module: activations [B, T, in] (None for tokens) and output
-        gradients [B, T, out] (of the batch-mean loss)."""
+    def _calls(self, module: nn.Module) -> tuple[list[torch.Tensor | None], list[torch.Tensor]]:
+        """Every call's input (None for tokens) and output gradient (of the batch-mean loss)."""
         grads = [g.float() for g in self.grads[module]]
-        if isinstance(module, LearnedToken):
-            return None, _joined(grads)
-        acts = [a.float() for a in self.inputs[module]]
+        acts = [None if a is None else a.float() for a in self.inputs[module]]
         if len(acts) != len(grads):  # a call whose output took no part in the loss: pairing unknowable
             raise RuntimeError(f"{type(module).__name__}: {len(acts)} forward calls but {len(grads)} gradients; "
                                "run calls that do not train under torch.no_grad()")
-        if isinstance(module, nn.Conv2d):
-            acts = [F.unfold(a, module.kernel_size, stride=module.stride).transpose(1, 2) for a in acts]
-            grads = [g.flatten(2).transpose(1, 2) for g in grads]
-        if isinstance(module, nn.LayerNorm):
-            acts = [F.layer_norm(a, module.normalized_shape, eps=module.eps) for a in acts]
-        return _joined(acts), _joined(grads)
+        return acts, grads
+
+    def _per_image(self, module: nn.Module, acts: list, grads: list) -> dict[nn.Parameter, torch.Tensor]:
+        """Per-image gradients [B, ...] of the module's parameters that never take the Gram way."""
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        if isinstance(module, LearnedToken):
+            return {module.token: _joined(grads).sum(1)}
+        if type(module) in CONVS:
+            if module.groups > 1 and module.weight in self.trainable:
+                out[module.weight] = sum(_grouped_per_image(module, a, g) for a, g in zip(acts, grads))
+            if module.bias in self.trainable:
+                out[module.bias] = sum(g.sum((2, 3)) for g in grads)
+            return out
+        if type(module) is nn.BatchNorm2d:
+            normalised = [_batch_norm_input(module, a) for a in acts]
+            weight = sum((g * x).sum((2, 3)) for g, x in zip(grads, normalised))
+            bias = sum(g.sum((2, 3)) for g in grads)
+        elif isinstance(module, nn.LayerNorm):
+            normalised = _joined([F.layer_norm(a, module.normalized_shape, eps=module.eps) for a in acts])
+            g = _joined(grads)
+            weight, bias = (g * normalised).sum(1), g.sum(1)
+        else:  # nn.Linear: the bias only
+            weight, bias = None, _joined(grads).sum(1)
+        for param, value in ((module.weight, weight), (module.bias, bias)):
+            if param in self.trainable and value is not None:
+                out[param] = value
+        return out
+
+    def _weight_tokens(self, module: nn.Module, acts: list, grads: list) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Activations [B, T, in] and output gradients [B, T, out] of a trained linear or
+        ungrouped convolution weight (None: the module has no such weight)."""
+        if isinstance(module, nn.Linear) and module.weight in self.trainable:
+            return _joined(acts), _joined(grads)
+        if type(module) in CONVS and module.groups == 1 and module.weight in self.trainable:
+            return (_joined([_conv_tokens(module, a) for a in acts]),
+                    _joined([g.flatten(2).transpose(1, 2) for g in grads]))
+        return None
 
     def clip_and_sum(self, units: torch.Tensor, batch_size: int) -> None:
         """Clipped per-unit gradient sum into ``p.summed_grad``; ``units``: each image's unit,
         ``batch_size``: the images the loss averaged over."""
         device = next(self.modules[0].parameters()).device
-        pairs = _Pairs(units, device)
-        calls = {m: self._calls(m) for m in self.modules if self.grads[m]}
-        for module in self.modules:  # a module this step did not use: its gradient is zero
-            if module not in calls:
+        unit = _Units(units, device)
+        gram: dict[nn.Parameter, tuple[torch.Tensor, torch.Tensor]] = {}  # weight -> (activations, gradients)
+        per_image: dict[nn.Parameter, torch.Tensor] = {}
+        for module in self.modules:
+            if not self.grads[module]:  # a module this step did not use: its gradient is zero
                 for param in module.parameters(recurse=False):
                     param.summed_grad = torch.zeros_like(param)
-        norms = torch.zeros(pairs.count, device=device)
-        small: dict[nn.Parameter, torch.Tensor] = {}  # per-image gradients of the small parameters
-        for module, (a, g) in calls.items():
-            if isinstance(module, LearnedToken):
-                small[module.token] = g.sum(1)
-            elif isinstance(module, nn.LayerNorm):
-                if module.weight in self.trainable:
-                    small[module.weight] = (g * a).sum(1)
-                if module.bias in self.trainable:
-                    small[module.bias] = g.sum(1)
+                continue
+            acts, grads = self._calls(module)
+            per_image.update(self._per_image(module, acts, grads))
+            tokens = self._weight_tokens(module, acts, grads)
+            if tokens is None:
+                continue
+            a, g = tokens
+            if unit.use_gram(a.shape[1], a.shape[2], g.shape[2]):
+                unit.add_gram(a, g)
+                gram[module.weight] = (a, g)
             else:
-                if module.weight in self.trainable:
-                    norms += pairs.gram_norms(a, g)
-                if module.bias in self.trainable:
-                    small[module.bias] = g.sum(1)
-        for per_image in small.values():
-            norms += pairs.unit_sum(per_image).pow(2).sum(1)
+                per_image[module.weight] = g.mT @ a  # [B, out, in]
+        # Per-image gradients as [B, N] blocks: the small ones side by side, each large one alone.
+        small = [p for p in per_image if p.numel() < SMALL]
+        blocks = [(small, torch.cat([per_image[p].reshape(unit.images, -1) for p in small], 1))] if small else []
+        blocks += [([p], x.reshape(unit.images, -1)) for p, x in per_image.items() if p.numel() >= SMALL]
+        for _, x in blocks:
+            unit.add_per_image(x)
         # The hooks saw gradients of the batch mean: an image's own loss gradient is batch_size x.
-        norms = norms.sqrt() * batch_size
-        factor = (self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0)[pairs.slot] * batch_size
-        for module, (a, g) in calls.items():
-            if not isinstance(module, (LearnedToken, nn.LayerNorm)) and module.weight in self.trainable:
-                scaled = (g * factor[:, None, None]).reshape(-1, g.shape[-1])
-                weight = scaled.T @ a.reshape(-1, a.shape[-1])
-                module.weight.summed_grad = weight.reshape(module.weight.shape).to(module.weight.dtype)
-        for param, per_image in small.items():
-            param.summed_grad = (per_image * factor[:, None]).sum(0).reshape(param.shape).to(param.dtype)
+        norms = unit.norms() * batch_size
+        factor = unit.per_image((self.max_grad_norm / (norms + 1e-6)).clamp(max=1.0) * batch_size)
+        for params, x in blocks:
+            for param, part in zip(params, (factor @ x).split([p.numel() for p in params])):
+                param.summed_grad = part.view(param.shape).to(param.dtype)
+        for param, (a, g) in gram.items():
+            if a.shape[-1] < g.shape[-1]:  # scale the narrower side
+                a = a * factor[:, None, None]
+            else:
+                g = g * factor[:, None, None]
+            weight = g.reshape(-1, g.shape[-1]).T @ a.reshape(-1, a.shape[-1])
+            param.summed_grad = weight.view(param.shape).to(param.dtype)
         self.reset()
 
     def empty_step(self) -> None:
