@@ -19,18 +19,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
-from flwr.proto.node_pb2 import NodeInfo  # pylint: disable=no-name-in-module
-from flwr.serverapp import Grid
 from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
-from flwr.supercore.task_identity import TaskIdentity
 
 from bench.common import Row, check
 from server.aggregation import Aggregation
@@ -43,6 +39,7 @@ from shared_model.conf import compose_app
 from shared_model.config import FederationAppConfig, FederationConfig, StrategyConfig
 from shared_model.model import build_model
 from shared_model.model.exchange import exchanged_state_dict
+from tests.fixtures.in_process_grid import InProcessGrid
 
 TIME_TARGET = "<= 1.2"
 MEMORY_TARGET = "<= 3.25"  # model copies above the global weights: sum, reply in hand, aggregate, + overhead
@@ -79,43 +76,20 @@ def read_once(arrays: ArrayRecord) -> None:
         np.add.reduce(array_view(array), axis=None)
 
 
-class WireGrid(Grid):
-    """K sites whose replies are made when pulled: the global weights moved by a per-site
-    offset, deflated into Flower's wire objects and inflated again, as the ServerApp receives a
-    reply. ``floor`` adds up the time to read each update once."""
+class WireSites:
+    """K sites whose replies are made when pulled (``grid``: a lazy in-process Grid): the global
+    weights moved by a per-site offset, deflated into Flower's wire objects and inflated again,
+    as the ServerApp receives a reply. ``floor`` adds up the time to read each update once."""
 
     def __init__(self, sites: int, global_arrays: ArrayRecord, seed: int = 0):
-        self.nodes = list(range(1, sites + 1))
         self.global_views = {key: array_view(array) for key, array in global_arrays.items()}
         self.rng = np.random.default_rng(seed)
-        self.pending: dict[str, Message] = {}
         self.floor = 0.0
-        TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 1
+        nodes = range(1, sites + 1)
+        self.grid = InProcessGrid({node: self.reply for node in nodes}, {node: f"site-{node:03d}" for node in nodes},
+                                  lazy=True)
 
-    @property
-    def run(self):
-        return None
-
-    def set_run(self, run_id: int) -> None:
-        pass
-
-    def create_message(self, content, message_type, dst_node_id, group_id, ttl=None) -> Message:
-        return Message(content=content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.nodes)
-
-    def get_nodes(self) -> Iterable[NodeInfo]:
-        return [NodeInfo(node_id=node, name=f"site-{node:03d}") for node in self.nodes]
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for msg in messages:
-            ids.append(str(len(self.pending) + 1))
-            self.pending[ids[-1]] = msg
-        return ids
-
-    def _reply(self, msg: Message) -> Message:
+    def reply(self, msg: Message) -> Message:
         arrays = ArrayRecord({key: Array(np.asarray(view + np.float32(self.rng.standard_normal())))
                               for key, view in self.global_views.items()})
         metrics = MetricRecord({wire.NUM_EXAMPLES: int(self.rng.integers(50, 500)),
@@ -130,12 +104,6 @@ class WireGrid(Grid):
         read_once(received.content[wire.ARRAYS])
         self.floor += time.perf_counter() - start
         return received
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self._reply(self.pending.pop(i)) for i in message_ids if i in self.pending]
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.pull_messages(self.push_messages(messages))
 
 
 def _timed(seconds: list[float], fn):
@@ -159,7 +127,8 @@ def worker(sites: int, way: str, quick: bool) -> dict:
     fed = FederationConfig(rounds=1, min_sites=sites, min_available=sites, connect_timeout=5.0,
                            round_timeout=600.0, round_retries=0)
     aggregation = Aggregation(FederationAppConfig(strategy=StrategyConfig(name="fedavg"), federation=fed))
-    grid = WireGrid(sites, global_arrays)
+    wire_sites = WireSites(sites, global_arrays)
+    grid = wire_sites.grid
     seconds: list[float] = []
     gc.collect()
     with open("/proc/self/clear_refs", "w") as fh:  # the peak (VmHWM) starts again from here
@@ -170,7 +139,7 @@ def worker(sites: int, way: str, quick: bool) -> dict:
         Aggregation.finish = _timed(seconds, Aggregation.finish)
     for server_round in (1, 2):  # timed: the second, as every round after the first (running sums mapped)
         seconds.clear()
-        grid.floor = 0.0
+        wire_sites.floor = 0.0
         if way == "fold":
             aggregate, _ = train_round(grid, aggregation, global_arrays, server_round, fed, 0)
         else:
@@ -180,7 +149,7 @@ def worker(sites: int, way: str, quick: bool) -> dict:
             del messages, contents
         assert aggregate is not None and list(aggregate) == list(global_arrays)
         del aggregate
-    return {"peak": _status_bytes("VmHWM") - start_rss, "size": size, "fold": sum(seconds), "floor": grid.floor}
+    return {"peak": _status_bytes("VmHWM") - start_rss, "size": size, "fold": sum(seconds), "floor": wire_sites.floor}
 
 
 def _run_worker(sites: int, way: str, quick: bool) -> dict:
