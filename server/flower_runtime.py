@@ -309,28 +309,39 @@ def process_tree(roots: list[int]) -> list[int]:
     return sorted(tree)
 
 
+KILL_WAIT_SECONDS = 10.0  # a SIGKILLed process is gone once the kernel has freed its memory
+
+
 def stop_process_tree(roots: list[int], at_once: bool = False, timeout: float = 10.0) -> None:
-    """Stop ``roots`` and everything :func:`process_tree` finds under them. Gracefully (SIGTERM,
-    SIGKILL after ``timeout`` s), or ``at_once``: frozen first (SIGSTOP), so none of them
-    writes another byte, then killed."""
+    """Stop ``roots`` and everything :func:`process_tree` finds under them, and return once they
+    are gone. Gracefully (SIGTERM, SIGKILL after ``timeout`` s), or ``at_once``: frozen first
+    (SIGSTOP), so none of them writes another byte, then killed."""
     pids = process_tree(roots)
     for sig in ((signal.SIGSTOP, signal.SIGKILL) if at_once else (signal.SIGTERM,)):
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except ProcessLookupError:
-                pass
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        alive = [pid for pid in pids if _alive(pid)]
-        if not alive:
-            return
-        time.sleep(0.1)
-    for pid in alive:
+        _signal_all(pids, sig)
+    if _wait_gone(pids, timeout):
+        return
+    _signal_all(pids, signal.SIGKILL)
+    _wait_gone(pids, KILL_WAIT_SECONDS)
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
         try:
-            os.kill(pid, signal.SIGKILL)
+            os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def _wait_gone(pids: list[int], timeout: float) -> bool:
+    """Whether every one of ``pids`` ended (reaped where it is our child) within ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not any(_alive(pid) for pid in pids):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:
