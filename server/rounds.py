@@ -259,7 +259,6 @@ def _attempt(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_r
     registered = registered_names(grid)
     report.bytes_sent += arrays_nbytes(arrays) * len(messages)
     fold = aggregation.begin(server_round, arrays)
-    screen = ReplyScreen(server_round, check, registered)
     replies: list[Message] = []
 
     def keep_privacy(msg: Message) -> None:
@@ -279,6 +278,7 @@ def _attempt(grid: Grid, aggregation: Aggregation, arrays: ArrayRecord, server_r
         if fold.mean_delta is not None:
             report.rejected.extend(_silent(messages, replies, registered, fed.round_timeout))
         return registered, fold
+    screen = ReplyScreen(server_round, check, registered)
     order = lambda m: (registered.get(m.metadata.dst_node_id, ""), m.metadata.dst_node_id)  # noqa: E731
     for msg in stream_replies(grid, messages, fed.round_timeout, order):
         keep_privacy(msg)

@@ -73,7 +73,6 @@ class RunningMean:
         self._buffers = {} if buffers is None else buffers
         self._sums: dict[str, torch.Tensor] = {}
         self.total = 0.0
-        self.count = 0
 
     def add(self, arrays: Mapping[str, np.ndarray], weight: float, scale: float = 1.0,
             base: Mapping[str, np.ndarray] | None = None) -> None:
@@ -83,7 +82,6 @@ class RunningMean:
         with one_thread():
             self._add(arrays, weight, scale, base)
         self.total += weight
-        self.count += 1
 
     def _add(self, arrays: Mapping[str, np.ndarray], weight: float, scale: float,
              base: Mapping[str, np.ndarray] | None) -> None:
