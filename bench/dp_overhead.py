@@ -6,13 +6,17 @@ default: per-image gradients only where they cost less than ghost norms), and Op
 gradients from hooks or from functorch, summed per unit. The units are patients with one to three
 images each. Models: the ViT presets (target: 1.25 x the plain step), and the pretrained
 EfficientNet-Lite0 tower of the real-data preset at its 128 px (pointwise and depthwise
-convolutions, frozen BatchNorms and stem; target 1.5 x; Opacus' functorch is not timed there)."""
+convolutions, frozen BatchNorms and stem; target 1.5 x; Opacus' functorch is not timed there).
+A last row per case splits the ghost step's own work: clipping (the norms and the clipped sum,
+which holds the weight-gradient products the DP backward pass skips) and noise (drawn, added)."""
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
-from bench.common import Row, check, interleaved_seconds
+from bench.common import Row, check, interleaved_seconds, timed_calls
 from bench.training_step import synthetic_batch
 from shared_model.conf import compose_app
 from shared_model.losses import EyeCLIPObjective
@@ -66,6 +70,11 @@ def measure(dev: torch.device, quick: bool) -> list[Row]:
         units = patient_units(batch_size)
         trainers, size = dp_trainers(preset, units, dev, overrides, modes)
         batch = synthetic_batch(batch_size, size)
+        step = trainers["ghost"].dp  # where the ghost step's extra time goes: clipping, then noise
+        clipping: list[float] = []
+        noising: list[float] = []
+        step.clipper.clip_and_sum = timed_calls(clipping, step.clipper.clip_and_sum, dev)
+        step.noise = timed_calls(noising, step.noise, dev)
         seconds = interleaved_seconds({mode: (lambda t=t, batch=batch: t.train_step(batch))
                                        for mode, t in trainers.items()}, dev, 2 if quick else 8)
         params = sum(p.numel() for p in trainers["none"].model.parameters() if p.requires_grad)
@@ -78,4 +87,9 @@ def measure(dev: torch.device, quick: bool) -> list[Row]:
             rows.append(Row("DP overhead", f"{preset} ({model}), batch {batch_size}, {method}",
                             f"{seconds[mode] * 1e3:.0f} ms DP-SGD step", f"{seconds['none'] * 1e3:.0f} ms step",
                             ratio, target, check(ratio, target)))
+        clip, noise = statistics.median(clipping), statistics.median(noising) - statistics.median(clipping)
+        rows.append(Row("DP overhead", f"{preset}, batch {batch_size}, ghost norms: clipping and noise",
+                        f"{clip * 1e3:.0f} ms clipping + {noise * 1e3:.0f} ms noise",
+                        f"{seconds['none'] * 1e3:.0f} ms step", (clip + noise) / seconds["none"],
+                        note="clipping holds the weight-gradient products the DP backward pass skips"))
     return rows
