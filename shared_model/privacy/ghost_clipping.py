@@ -47,6 +47,9 @@ CONVS = (nn.Conv2d, Conv2dSame)  # exact types: a subclass may change what forwa
 # 64 is where the two ways broke even for the ViT presets' layers on CPU (bench/dp_overhead.py).
 PASS_COST = 64
 SMALL = 16384  # per-image gradients of parameters up to this size are handled side by side
+# A depthwise 3x3 layer with at least this many output positions takes the library's weight
+# gradient image by image (faster there than tap-by-tap sums on CPU; bench/dp_overhead.py).
+BY_IMAGE_POSITIONS = 1024
 
 
 def _supported(module: nn.Module) -> bool:
@@ -89,8 +92,8 @@ def _conv_tokens(conv: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:
 
 
 def _grouped_per_image(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Per-image weight gradients [B, *weight] of a grouped (e.g. depthwise) convolution: the batch
-    folded into the groups, one weight-gradient convolution."""
+    """Per-image weight gradients [B, *weight] of a grouped convolution (not depthwise: see
+    :func:`_depthwise_per_image`): the batch folded into the groups, one weight-gradient convolution."""
     x, padding = _conv_input(conv, x)
     b = len(x)
     weight = torch.nn.grad.conv2d_weight(x.reshape(1, -1, *x.shape[2:]),
@@ -98,6 +101,28 @@ def _grouped_per_image(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> tor
                                          g.reshape(1, -1, *g.shape[2:]), conv.stride, padding, conv.dilation,
                                          b * conv.groups)
     return weight.view(b, *conv.weight.shape)
+
+
+def _depthwise_per_image(conv: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-image weight gradients [B, *weight] of a depthwise convolution (one filter per channel):
+    for a 3x3 kernel over many output positions, the library's depthwise weight gradient image
+    by image; otherwise one sum of (input window x output gradient) per kernel tap, each a pass
+    over B x C x positions numbers. Both beat folding the batch into the groups
+    (:func:`_grouped_per_image`), 2-3x slower on EfficientNet-Lite0's 5x5 layers on CPU."""
+    x, padding = _conv_input(conv, x)
+    kh, kw = conv.kernel_size
+    h, w = g.shape[2:]
+    if (kh, kw) == (3, 3) and h * w >= BY_IMAGE_POSITIONS:
+        return torch.stack([torch.nn.grad.conv2d_weight(x[i:i + 1], conv.weight.shape, g[i:i + 1], conv.stride,
+                                                        padding, conv.dilation, conv.groups) for i in range(len(x))])
+    x = F.pad(x, (padding[1], padding[1], padding[0], padding[0])) if padding != (0, 0) else x
+    (sh, sw), (dh, dw) = conv.stride, conv.dilation
+    out = g.new_empty(len(x), conv.out_channels, kh, kw)
+    for i in range(kh):
+        for j in range(kw):
+            window = x[:, :, i * dh:i * dh + (h - 1) * sh + 1:sh, j * dw:j * dw + (w - 1) * sw + 1:sw]
+            torch.sum(window * g, (2, 3), out=out[:, :, i, j])
+    return out.view(len(x), *conv.weight.shape)
 
 
 def _batch_norm_input(bn: nn.BatchNorm2d, x: torch.Tensor) -> torch.Tensor:
@@ -244,7 +269,9 @@ class GhostClipper:
             return {module.token: _joined(grads).sum(1)}
         if type(module) in CONVS:
             if module.groups > 1 and module.weight in self.trainable:
-                out[module.weight] = sum(_grouped_per_image(module, a, g) for a, g in zip(acts, grads))
+                depthwise = module.groups == module.in_channels == module.out_channels
+                per_image = _depthwise_per_image if depthwise else _grouped_per_image
+                out[module.weight] = sum(per_image(module, a, g) for a, g in zip(acts, grads))
             if module.bias in self.trainable:
                 out[module.bias] = sum(g.sum((2, 3)) for g in grads)
             return out

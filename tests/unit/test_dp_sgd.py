@@ -245,7 +245,9 @@ CONV_LAYERS = {  # a layer fed 6-channel 9×9 images (odd: TF 'SAME' pads uneven
     "dilated": lambda: nn.Conv2d(6, 4, 3, dilation=2, padding=2, bias=False),
     "pointwise": lambda: nn.Conv2d(6, 8, 1),
     "depthwise": lambda: nn.Conv2d(6, 6, 5, stride=2, padding=2, groups=6),
-    "tf-same depthwise": lambda: Conv2dSame(6, 12, 3, stride=2, groups=6),
+    "depthwise 3x3": lambda: nn.Conv2d(6, 6, 3, padding=2, dilation=2, groups=6),
+    "tf-same depthwise": lambda: Conv2dSame(6, 6, 3, stride=2, groups=6),
+    "tf-same channel multiplier": lambda: Conv2dSame(6, 12, 3, stride=2, groups=6),
     "grouped": lambda: nn.Conv2d(6, 4, 3, padding=1, groups=2),
     "eval batch norm": _batch_norm,
 }
@@ -295,6 +297,23 @@ def test_ghost_clipping_of_convolutions_and_batch_norm_equals_per_sample_clippin
     for param, e in zip(module.parameters(), expected):
         assert torch.allclose(param.summed_grad, (factor.view(-1, *[1] * param.dim()) * e).sum(0), rtol=1e-4, atol=1e-6)
     clipper.close()
+
+
+@pytest.mark.parametrize("path", ["image by image", "tap by tap"])
+@pytest.mark.parametrize("layer", ["depthwise", "depthwise 3x3", "tf-same depthwise"])
+def test_depthwise_per_image_gradients_equal_opacus_on_both_paths(monkeypatch, layer, path):
+    """A depthwise layer's per-image weight gradients, whichever way its size picks (forced through
+    the threshold; a 5x5 kernel always goes tap by tap), equal Opacus' per-sample gradients."""
+    from shared_model.privacy import ghost_clipping
+
+    monkeypatch.setattr(ghost_clipping, "BY_IMAGE_POSITIONS", 0 if path == "image by image" else 10 ** 9)
+    torch.manual_seed(0)
+    module = CONV_LAYERS[layer]()
+    x = torch.randn(5, 6, 9, 9)
+    output = module(x)
+    (grad,) = torch.autograd.grad(output.sin().flatten(1).sum(1).sum(), output)
+    got = ghost_clipping._depthwise_per_image(module, x, grad)
+    assert torch.allclose(got, _reference_per_sample(module, x)[0], rtol=1e-4, atol=1e-5)
 
 
 def test_ghost_clipping_refuses_batch_norm_in_training_mode():
