@@ -107,16 +107,16 @@ def interleaved_seconds(fns: dict[str, Callable[[], object]], dev: torch.device,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timed_calls(seconds: list[float], fn: Callable, dev: torch.device | None = None) -> Callable:
+def timed_calls(seconds: list[float], fn: Callable, dev: torch.device = torch.device("cpu")) -> Callable:
     """``fn`` appending the wall time of each of its calls to ``seconds`` (waiting for ``dev``'s
     queued work on both sides, so that a GPU's work lands in the call that queued it)."""
     def timed(*args, **kwargs):
-        synchronize(dev) if dev is not None else None
+        synchronize(dev)
         start = time.perf_counter()
         try:
             return fn(*args, **kwargs)
         finally:
-            synchronize(dev) if dev is not None else None
+            synchronize(dev)
             seconds.append(time.perf_counter() - start)
     return timed
 
