@@ -168,7 +168,8 @@ def test_three_sites_min_available_all_one_killed_mid_round_stops_within_its_dea
         assert "| Transport | TLS |" in privacy and "| 1 | hospital-0 | none |" in privacy
     finally:
         _stop_all(processes)
-    assert all(proc.poll() is not None for proc in processes)
+    survivors = {proc.pid: (proc.args[:2], _state(proc.pid)) for proc in processes if proc.poll() is None}
+    assert not survivors, survivors
 
 
 def test_site_check_reports_readiness_and_refuses_bad_data(phantom, tmp_path):
@@ -206,6 +207,14 @@ def _wait_for_rounds(run_dir: Path, n: int, timeout: float = 300) -> None:
     while len(_rounds(run_dir)) < n:
         assert time.monotonic() < deadline, f"{run_dir}: fewer than {n} rounds after {wait:.0f} s"
         time.sleep(0.5)
+
+
+def _state(pid: int) -> str:
+    """The kernel's one-letter state of ``pid`` (R, S, D, Z, ...), or 'gone'."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return "gone"
 
 
 def _stop_all(processes: list[subprocess.Popen]) -> None:
