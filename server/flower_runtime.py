@@ -353,8 +353,12 @@ def _alive(pid: int) -> bool:
             return False
     except ChildProcessError:
         pass
-    state = Path(f"/proc/{pid}/stat")
+    return process_state(pid) not in ("Z", None)
+
+
+def process_state(pid: int) -> str | None:
+    """The kernel's one-letter state of ``pid`` (R, S, D, Z, ...), None once it is gone."""
     try:
-        return state.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
-        return False
+        return None

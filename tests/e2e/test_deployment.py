@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from server.flower_runtime import free_port, stop_process_tree
+from server.flower_runtime import free_port, process_state, stop_process_tree
 from shared_model.data.phantom import PhantomSpec, generate_phantom
 from tests.fixtures.processes import communicate, run, time_left
 
@@ -168,7 +168,7 @@ def test_three_sites_min_available_all_one_killed_mid_round_stops_within_its_dea
         assert "| Transport | TLS |" in privacy and "| 1 | hospital-0 | none |" in privacy
     finally:
         _stop_all(processes)
-    survivors = {proc.pid: (proc.args[:2], _state(proc.pid)) for proc in processes if proc.poll() is None}
+    survivors = {proc.pid: (proc.args[:2], process_state(proc.pid)) for proc in processes if proc.poll() is None}
     assert not survivors, survivors
 
 
@@ -207,14 +207,6 @@ def _wait_for_rounds(run_dir: Path, n: int, timeout: float = 300) -> None:
     while len(_rounds(run_dir)) < n:
         assert time.monotonic() < deadline, f"{run_dir}: fewer than {n} rounds after {wait:.0f} s"
         time.sleep(0.5)
-
-
-def _state(pid: int) -> str:
-    """The kernel's one-letter state of ``pid`` (R, S, D, Z, ...), or 'gone'."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return "gone"
 
 
 def _stop_all(processes: list[subprocess.Popen]) -> None:
