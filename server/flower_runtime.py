@@ -347,13 +347,15 @@ def _wait_gone(pids: list[int], timeout: float) -> bool:
 
 
 def _alive(pid: int) -> bool:
+    """Whether ``pid`` still runs. Our own child counts as gone only once reaped: its main thread
+    can show as a zombie while its other threads are still exiting (or, having ignored SIGTERM,
+    still running), and the kernel lets it be reaped only when the last of them has ended. Any
+    other process is gone once it is a zombie (its parent reaps it) or has left /proc."""
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
-        if finished:
-            return False
+        return not finished
     except ChildProcessError:
-        pass
-    return process_state(pid) not in ("Z", None)
+        return process_state(pid) not in ("Z", None)
 
 
 def process_state(pid: int) -> str | None:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.flower_runtime import process_tree, stop_process_tree
+from server.flower_runtime import process_state, process_tree, stop_process_tree
 from server.run_lock import LaunchLock, RunFolderBusy, RunLock, is_held, read_launch, wait_until_released
 
 HOLD = """
@@ -103,5 +103,29 @@ def test_stopping_a_process_tree_stops_every_descendant(tmp_path, at_once):
     last = beat.read_text()
     time.sleep(0.5)
     assert beat.read_text() == last  # nothing writes any more
-    assert not [pid for pid in tree if Path(f"/proc/{pid}").exists() and
-                Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
+    assert not [pid for pid in tree if process_state(pid) not in ("Z", None)]
+
+
+LEADER_GONE = """
+import ctypes, signal, threading, time
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+threading.Thread(target=time.sleep, args=(600,)).start()
+ctypes.CDLL(None).pthread_exit(None)
+"""
+
+
+def test_a_child_whose_main_thread_ended_is_stopped_and_reaped(tmp_path):
+    """The kernel shows a process whose main thread has ended as a zombie while its other threads
+    still run (or are still exiting, as a SuperLink's were in CI): stopping it waits for it to be
+    reaped, and kills it when SIGTERM does not end it."""
+    child = subprocess.Popen([sys.executable, "-c", LEADER_GONE])
+    try:
+        deadline = time.monotonic() + 30
+        while process_state(child.pid) != "Z":
+            assert time.monotonic() < deadline and child.poll() is None, "the main thread never ended"
+            time.sleep(0.05)
+        stop_process_tree([child.pid], timeout=1)
+        assert process_state(child.pid) is None  # reaped, not left a zombie still running threads
+    finally:
+        child.kill()
+        child.wait()
