@@ -283,11 +283,8 @@ def local_superlink_pids(home: Path) -> list[int]:
 
 def _proc_stat(pid: int) -> tuple[int, int] | None:
     """(parent pid, process group) of a live process, from /proc (None once it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), int(fields[2])
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return (int(fields[1]), int(fields[2])) if fields else None
 
 
 def process_tree(roots: list[int]) -> list[int]:
@@ -347,20 +344,30 @@ def _wait_gone(pids: list[int], timeout: float) -> bool:
 
 
 def _alive(pid: int) -> bool:
-    """Whether ``pid`` still runs. Our own child counts as gone only once reaped: its main thread
-    can show as a zombie while its other threads are still exiting (or, having ignored SIGTERM,
-    still running), and the kernel lets it be reaped only when the last of them has ended. Any
-    other process is gone once it is a zombie (its parent reaps it) or has left /proc."""
+    """Whether ``pid`` has not ended. Our own child has ended once reaped (the kernel lets it be
+    reaped only when its last thread has exited); any other process once :func:`is_running` says so."""
     try:
         finished, _ = os.waitpid(pid, os.WNOHANG)
         return not finished
     except ChildProcessError:
-        return process_state(pid) not in ("Z", None)
+        return is_running(pid)
+
+
+def is_running(pid: int) -> bool:
+    """Whether any thread of ``pid`` still runs. A process whose main thread has ended shows as a
+    zombie while its other threads still run or exit, so the process's own state is not enough."""
+    return any((fields := _stat_fields(stat)) and fields[0] != "Z" for stat in Path(f"/proc/{pid}/task").glob("*/stat"))
 
 
 def process_state(pid: int) -> str | None:
     """The kernel's one-letter state of ``pid`` (R, S, D, Z, ...), None once it is gone."""
+    fields = _stat_fields(Path(f"/proc/{pid}/stat"))
+    return fields[0] if fields else None
+
+
+def _stat_fields(stat: Path) -> list[str] | None:
+    """The fields of a /proc stat file after the command name (state first), None once it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return stat.read_text().rsplit(")", 1)[1].split() or None
     except (OSError, IndexError):
         return None

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from server.flower_runtime import local_superlink_pids
+from server.flower_runtime import is_running, local_superlink_pids
 from shared_model.conf import compose_app
 from shared_model.model import build_model
 from shared_model.model.exchange import exchanged_state_dict
@@ -91,13 +91,6 @@ def test_missing_site_manifest_is_a_clear_error(tmp_path):
     assert "nowhere/site.csv" in result.stderr and "Traceback" not in result.stderr
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return False
-
-
 def test_ctrl_c_stops_every_process_and_nothing_is_written_after_it(tmp_path):
     """Ctrl-C at round 1 of 4: the local SuperLink, flwr-simulation and Ray (gcs_server, raylet,
     the site actors) all end, no later round appears, and the command says where the folder
@@ -125,7 +118,7 @@ def test_ctrl_c_stops_every_process_and_nothing_is_written_after_it(tmp_path):
             os.killpg(sim.pid, signal.SIGKILL)
     assert sim.returncode == 130, output[-3000:]
     assert "stopped" in output and "Continue with:" in output and "resume=true" in output, output[-3000:]
-    assert not [pid for pid in tree if _alive(pid)]
+    assert not [pid for pid in tree if is_running(pid)]
     rounds = (run / "metrics.jsonl").read_text().splitlines()
     checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
     time.sleep(3)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.flower_runtime import process_state, process_tree, stop_process_tree
+from server.flower_runtime import is_running, process_state, process_tree, stop_process_tree
 from server.run_lock import LaunchLock, RunFolderBusy, RunLock, is_held, read_launch, wait_until_released
 
 HOLD = """
@@ -103,7 +103,7 @@ def test_stopping_a_process_tree_stops_every_descendant(tmp_path, at_once):
     last = beat.read_text()
     time.sleep(0.5)
     assert beat.read_text() == last  # nothing writes any more
-    assert not [pid for pid in tree if process_state(pid) not in ("Z", None)]
+    assert not [pid for pid in tree if is_running(pid)]
 
 
 LEADER_GONE = """
@@ -124,6 +124,7 @@ def test_a_child_whose_main_thread_ended_is_stopped_and_reaped(tmp_path):
         while process_state(child.pid) != "Z":
             assert time.monotonic() < deadline and child.poll() is None, "the main thread never ended"
             time.sleep(0.05)
+        assert is_running(child.pid)  # its other thread
         stop_process_tree([child.pid], timeout=1)
         assert process_state(child.pid) is None  # reaped, not left a zombie still running threads
     finally:
