@@ -13,6 +13,7 @@ Flower's own refusals are translated into what an operator can act on (:func:`ex
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -170,19 +171,24 @@ def _flwr_home(home: str) -> Iterator[None]:
 def control_client(connection: Connection, env: dict[str, str]) -> Iterator:
     """Flower's Control API client for ``connection``, opened in this process as ``flwr ls``
     opens it (runtime-version and account interceptors); the local SuperLink is reached on the
-    HTTP port ``env`` gives it."""
+    HTTP port ``env`` gives it. A SuperLink that cannot be reached, or answers with an error, is
+    a FlowerRunError naming its address."""
+    import httpx
     from flwr.cli.typing import SuperLinkConnection
     from flwr.cli.utils import init_http_client_from_connection
+    from flwr.supercore.error.base import FlowerError
 
     if connection.address == LOCAL_ADDRESS:
         port = env.get("FLWR_LOCAL_SUPERLINK_HTTP_API_PORT", "39091")  # Flower's default
         connection = Connection(connection.name, f"127.0.0.1:{port}", insecure=True)
     link = SuperLinkConnection(name=connection.name, address=connection.address, insecure=connection.insecure,
                                root_certificates=connection.root_certificates)
-    with _flwr_home(env["FLWR_HOME"]):
+    with _flwr_home(env["FLWR_HOME"]), redirect_stdout(io.StringIO()):  # Flower's "Using SuperLink: ..." line
         client = init_http_client_from_connection(link)
     try:
         yield client
+    except (httpx.HTTPError, FlowerError) as exc:
+        raise FlowerRunError(f"the SuperLink at {connection.address}: {exc}") from exc
     finally:
         client.close()
 

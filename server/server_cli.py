@@ -274,11 +274,10 @@ def main(argv: list[str] | None = None) -> None:
 
     from server.flower_runtime import FlowerRunError
     from server.pki import PKIError
-    from server.rounds import QuorumError
     from server.run_lock import RunFolderBusy
     from shared_model.cli.errors import user_errors
 
-    with user_errors(FlowerRunError, QuorumError, PKIError, RunFolderBusy):
+    with user_errors(FlowerRunError, PKIError, RunFolderBusy):
         if args.command == "superlink":
             _superlink(args)
         sys.exit({"run": _run, "stop": _stop, "status": _status, "pki": _pki}[args.command](args))

@@ -13,11 +13,10 @@ def main(argv: list[str] | None = None) -> None:
     overrides = parse_overrides("retina-sim", "RetinaFL federation simulated on this machine", "federation",
                                 "strategy=fedprox", argv)
     from server.flower_runtime import FlowerRunError
-    from server.rounds import QuorumError
     from server.run_lock import RunFolderBusy
     from server.simulation import run_simulation
 
-    with user_errors(FlowerRunError, QuorumError, RunFolderBusy):
+    with user_errors(FlowerRunError, RunFolderBusy):
         run_simulation(compose_app("federation", overrides, console_logging=True), argv=overrides)
 
 

@@ -43,11 +43,10 @@ def error_line(exc: BaseException) -> str:
     return str(exc)
 
 
-@contextmanager
-def user_errors(*extra: type[BaseException]) -> Iterator[None]:
-    """Exit with status 2 and the error's message for input problems, config composition errors
-    (Hydra, OmegaConf) included (and the ``extra`` error types a command names, e.g. a failed
-    federated run); let real bugs raise."""
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    """The error types of bad input; imported only once an error is raised, so that a command
+    which never loads a model or a manifest (``retina-server pki``, ``status``) starts in
+    a fraction of a second."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -55,9 +54,19 @@ def user_errors(*extra: type[BaseException]) -> Iterator[None]:
     from shared_model.data.readers import ImageReadError
     from shared_model.model.state_dicts import CheckpointError
 
+    return (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError,
+            HydraException, OmegaConfBaseException)
+
+
+@contextmanager
+def user_errors(*extra: type[Exception]) -> Iterator[None]:
+    """Exit with status 2 and the error's message for input problems, config composition errors
+    (Hydra, OmegaConf) included (and the ``extra`` error types a command names, e.g. a failed
+    federated run); let real bugs raise."""
     try:
         yield
-    except (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError,
-            HydraException, OmegaConfBaseException, *extra) as exc:
+    except Exception as exc:
+        if not isinstance(exc, (*_user_error_types(), *extra)):
+            raise
         Console(stderr=True).print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
