@@ -66,7 +66,7 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not isinstance(exc, (*_user_error_types(), *extra)):
+        if not isinstance(exc, extra) and not isinstance(exc, _user_error_types()):
             raise
         Console(stderr=True).print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
