@@ -160,10 +160,14 @@ class TextTower(nn.Module):
         return self
 
     def _apply(self, fn, recurse=True):
-        # Moving the tower (device or dtype) invalidates cached features.
-        self._cache.clear()
-        self._state_bytes = 0
-        return super()._apply(fn, recurse)
+        # Moving the tower to another device or dtype invalidates cached features; a ``.to()``
+        # that leaves it where it is (the CPU-to-CPU move after a DP model's calibration) keeps them.
+        before = (self.proj.weight.device, self.proj.weight.dtype)
+        moved = super()._apply(fn, recurse)
+        if (self.proj.weight.device, self.proj.weight.dtype) != before:
+            self._cache.clear()
+            self._state_bytes = 0
+        return moved
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         """texts -> projected embeddings [N, embed_dim]."""

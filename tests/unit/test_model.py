@@ -99,6 +99,11 @@ def test_frozen_text_features_are_cached_and_exact(tiny):
     assert set(texts) <= set(tiny.text._cache)
     tiny.text._cache.clear()
     assert torch.allclose(first, tiny.encode_text(texts), atol=1e-6)
+    tiny.to("cpu")  # where it already is (a DP model's move after its calibration): features kept
+    assert set(texts) <= set(tiny.text._cache)
+    tiny.text.double()  # another dtype: computed again
+    assert not tiny.text._cache
+    tiny.text.float()
 
 
 def test_partly_frozen_text_tower_reruns_only_its_trainable_layers(tiny_model_cfg):
