@@ -18,7 +18,6 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from server.compatibility import check_federation
 from server.flower_app_folder import write_flower_app
 from server.flower_runtime import (
     LOCAL_ADDRESS,
@@ -38,11 +37,11 @@ from server.round_log import round_row, site_summary, sites_summary
 from server.run_lock import RUN_LOCK, LaunchLock, RunFolderBusy, describe, is_held, read_launch, wait_until_released
 from shared_model import wire
 from shared_model.atomic_files import write_text_atomic
+from shared_model.conf import write_resolved_config
 from shared_model.config import FederationAppConfig
 from shared_model.offline_env import offline_env
 from shared_model.reporting.metrics_log import read_metrics
 from shared_model.run_folder import check_run_folder
-from shared_model.train.centralized import write_resolved_config
 
 STOP_TIMEOUT = 120.0  # seconds a stopped run's ServerApp gets to let go of the run folder
 
@@ -216,6 +215,8 @@ def launch_run(cfg: FederationAppConfig, launch: Launch, console: Console | None
     detaches: ``launch.detach``, or the user's answer at a terminal) and exits with the run
     folder's state; a failed run's error ends with the command that continues it. Returns the
     rounds' records."""
+    from server.compatibility import check_federation  # the model stack: not loaded by ``stop``
+
     console = console or Console()
     connection = launch.connection
     transport = ("simulation (one machine, no network)" if connection.address == LOCAL_ADDRESS

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from shared_model.atomic_files import write_json_atomic
-from shared_model.model.checkpoint import sha256_file
+from shared_model.file_digest import sha256_file
 
 log = logging.getLogger(__name__)
 

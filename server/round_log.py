@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from server.rounds import RoundReport
 from shared_model import wire
 from shared_model.atomic_files import write_text_atomic
+
+if TYPE_CHECKING:
+    from server.rounds import RoundReport
 
 # Reply metrics that measure time, not the model: kept in metrics.jsonl, left out of the history
 # stored in checkpoints, so a resumed run's history equals an uninterrupted one's.

@@ -35,7 +35,7 @@ from shared_model.data.preprocess import prepare_image
 from shared_model.data.readers import ImageReadError, read_frames, summarise_unreadable
 from shared_model.eval.evaluate import class_embeddings, embed_records
 from shared_model.eval.zero_shot import zero_shot_logits
-from shared_model.model.checkpoint import sha256_file
+from shared_model.file_digest import sha256_file
 from shared_model.prompts import build_caption, get_category
 from shared_model.runtime import resolve_device
 from synthetic.holdout import HELD_OUT_SPLITS, HOLDOUT_FILE, read_holdout, split_records

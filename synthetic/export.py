@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from shared_model.atomic_files import write_text_atomic
-from shared_model.model.checkpoint import sha256_file
+from shared_model.file_digest import sha256_file
 from synthetic.audit import AUDIT_FILE, PAIRS_FILE, failures
 from synthetic.sampling import CORPUS_FILE, MANIFEST, read_corpus
 

@@ -14,7 +14,7 @@ from torch import nn
 
 from shared_model.atomic_files import write_text_atomic
 from shared_model.config import GeneratorConfig
-from shared_model.model.checkpoint import sha256_file
+from shared_model.file_digest import sha256_file
 from synthetic.conditioning import Conditioning
 
 GENERATOR_DIR = "generator"  # inside a generator run folder

@@ -19,6 +19,7 @@ from rich.progress import Progress
 from torch.utils.data import DataLoader, RandomSampler
 
 from shared_model.atomic_files import atomic_path, write_json_atomic
+from shared_model.conf import write_resolved_config
 from shared_model.config import SynthAppConfig
 from shared_model.data.manifest import load_training_records
 from shared_model.model.state_dicts import read_trainer_state
@@ -30,7 +31,6 @@ from shared_model.privacy.session import DPSession
 from shared_model.reporting.metrics_log import MetricsLog
 from shared_model.reporting.run_report import write_run_report
 from shared_model.runtime import resolve_device, seed_everything
-from shared_model.train.centralized import write_resolved_config
 from shared_model.train.trainer import progress_columns, progress_info
 from synthetic.conditioning import Conditioning, training_mix
 from synthetic.dataset import GeneratorDataset, collate_images

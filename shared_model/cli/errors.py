@@ -43,10 +43,10 @@ def error_line(exc: BaseException) -> str:
     return str(exc)
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-    """The error types of bad input; imported only once an error is raised, so that a command
-    which never loads a model or a manifest (``retina-server pki``, ``status``) starts in
-    a fraction of a second."""
+def _input_error_types() -> tuple[type[BaseException], ...]:
+    """Bad-input error types of the libraries and of our readers; imported only once an error is
+    raised that no built-in type matches, so that a command which never loads a model or a
+    manifest (``retina-server pki``, ``status``, ``stop``) starts in a fraction of a second."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -54,8 +54,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
     from shared_model.data.readers import ImageReadError
     from shared_model.model.state_dicts import CheckpointError
 
-    return (ManifestError, ImageReadError, CheckpointError, FileNotFoundError, FileExistsError, ValueError,
-            HydraException, OmegaConfBaseException)
+    return ManifestError, ImageReadError, CheckpointError, HydraException, OmegaConfBaseException
 
 
 @contextmanager
@@ -66,7 +65,8 @@ def user_errors(*extra: type[Exception]) -> Iterator[None]:
     try:
         yield
     except Exception as exc:
-        if not isinstance(exc, extra) and not isinstance(exc, _user_error_types()):
+        if not isinstance(exc, (*extra, FileNotFoundError, FileExistsError, ValueError)) \
+                and not isinstance(exc, _input_error_types()):
             raise
         Console(stderr=True).print(f"[red]error:[/red] {escape(error_line(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)

@@ -70,3 +70,12 @@ def compose_app(config_name: str, overrides: list[str], *, config_dir: Path | No
             hydra_cfg = cfg.pop("hydra")
         configure_log(hydra_cfg.job_logging, hydra_cfg.verbose)
     return OmegaConf.to_object(cfg)
+
+
+def write_resolved_config(cfg, run_dir: Path) -> None:
+    """Save the fully resolved configuration beside the run's outputs (what ``compose_app(saved=)``
+    composes again)."""
+    from omegaconf import OmegaConf
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))

@@ -7,7 +7,6 @@ truncated or swapped weights file at load time.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from omegaconf import OmegaConf
 import shared_model
 from shared_model.atomic_files import atomic_path, write_json_atomic
 from shared_model.config import ModelConfig
+from shared_model.file_digest import sha256_file
 from shared_model.model.build import build_model
 from shared_model.model.retina_clip import RetinaCLIP
 from shared_model.model.state_dicts import CheckpointError, load_state_dict_checked, read_state_dict
@@ -25,15 +25,6 @@ from shared_model.model.state_dicts import CheckpointError, load_state_dict_chec
 FORMAT = "retinafl-checkpoint/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def weights_nbytes(model: torch.nn.Module) -> int:

@@ -15,7 +15,8 @@ import shutil
 from pathlib import Path
 
 from shared_model.atomic_files import write_text_atomic
-from shared_model.model.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config, sha256_file
+from shared_model.file_digest import sha256_file
+from shared_model.model.checkpoint import CONFIG, WEIGHTS, read_checkpoint_config
 from shared_model.model.state_dicts import CheckpointError
 
 CARD = "MODEL_CARD.md"

@@ -9,9 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
 from shared_model.atomic_files import write_json_atomic
+from shared_model.conf import write_resolved_config
 from shared_model.config import TrainAppConfig
 from shared_model.data.dataset import RetinaDataset
 from shared_model.data.decoded_cache import open_cache
@@ -82,12 +82,6 @@ def checkpoint_nbytes(model: torch.nn.Module) -> int:
     moments per trainable parameter."""
     moments = 2 * sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
     return weights_nbytes(model) + moments
-
-
-def write_resolved_config(cfg, run_dir: Path) -> None:
-    """Save the fully resolved configuration beside the run's outputs."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(OmegaConf.structured(cfg)))
 
 
 def run_training(cfg: TrainAppConfig, progress: bool = True) -> dict:

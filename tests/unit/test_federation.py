@@ -17,7 +17,8 @@ from server.round_log import zero_shot_summary
 from server.rounds import QuorumError
 from shared_model.conf import compose_app
 from shared_model.eval.evaluate import evaluate_model
-from shared_model.model.checkpoint import WEIGHTS, load_checkpoint, sha256_file
+from shared_model.file_digest import sha256_file
+from shared_model.model.checkpoint import WEIGHTS, load_checkpoint
 from shared_model.run_config import flatten_config
 from shared_model.runtime import resolve_device
 from tests.fixtures.in_process_grid import InProcessGrid, client_app_handler

@@ -22,11 +22,10 @@ import torch
 from PIL import Image
 
 import synthetic.audit
-from shared_model.conf import compose_app
+from shared_model.conf import compose_app, write_resolved_config
 from shared_model.data.manifest import Record, load_manifest
 from shared_model.model import build_model
 from shared_model.model.checkpoint import save_checkpoint
-from shared_model.train.centralized import write_resolved_config
 from synthetic.audit import AuditError, run_audit
 from synthetic.export import ExportRefused, export_corpus
 from synthetic.holdout import HOLDOUT_FILE, choose_patients, hold_out

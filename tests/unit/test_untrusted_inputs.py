@@ -23,7 +23,8 @@ from server.aggregation import decode_updates
 from server.rounds import screen_replies
 from server.update_screen import update_mismatch
 from shared_model.config import TrainConfig
-from shared_model.model.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint, load_weights, sha256_file
+from shared_model.file_digest import sha256_file
+from shared_model.model.checkpoint import CONFIG, FORMAT, WEIGHTS, load_checkpoint, load_weights
 from shared_model.model.state_dicts import CheckpointError
 from shared_model.model.text_tower import TextTower, default_text_model_path
 from shared_model.model.weights_init import load_image_tower_weights
