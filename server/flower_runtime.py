@@ -312,9 +312,7 @@ def process_tree(roots: list[int]) -> list[int]:
     return sorted(tree)
 
 
-# A SIGKILLed process is gone once the kernel has freed its memory and finished the disk I/O it
-# was blocked in (a SuperLink's SQLite fsync on a slow, shared disk can take seconds).
-KILL_WAIT_SECONDS = 60.0
+KILL_WAIT_SECONDS = 10.0  # a SIGKILLed process is gone once the kernel has freed its memory
 
 
 def stop_process_tree(roots: list[int], at_once: bool = False, timeout: float = 10.0) -> None:

@@ -114,9 +114,9 @@ ctypes.CDLL(None).pthread_exit(None)
 """
 
 
-def test_a_child_whose_main_thread_ended_is_stopped_and_reaped(tmp_path):
+def test_a_child_whose_main_thread_ended_is_stopped_and_reaped():
     """The kernel shows a process whose main thread has ended as a zombie while its other threads
-    still run (or are still exiting, as a SuperLink's were in CI): stopping it waits for it to be
+    still run (or are still exiting: the SuperLink CI found unreaped): stopping it waits for it to be
     reaped, and kills it when SIGTERM does not end it."""
     child = subprocess.Popen([sys.executable, "-c", LEADER_GONE])
     try:
